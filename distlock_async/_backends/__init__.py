@@ -1,0 +1,1 @@
+"""Backends: each implements the private driver interface of ``distlock_async._core._driver``."""

@@ -1,0 +1,77 @@
+"""The private interface a backend implements; the core does everything else.
+
+A backend is a :class:`Driver`. For each ``obtain`` the core asks it for a :class:`Contender`, calls
+:meth:`Contender.attempt` until one returns :class:`Granted` or the retry budget is spent, sleeping in
+:meth:`Contender.wait` between attempts, and always ends with :meth:`Contender.close`. The held lock then
+talks to the driver through ``release``/``extend``/``remaining`` with the ``handle`` of its grant.
+
+Drivers translate their client's errors into ``BackendError`` themselves. Every ``async def`` is a
+checkpoint. ``Contender.close``, ``Driver.release`` may run twice for one lock (a cancelled first run
+is repeated in a shielded task), so both must be idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Granted:
+    """The lock is ours. ``handle`` is whatever the driver needs later (an etcd lease, say)."""
+
+    fencing_token: int
+    handle: object = None
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Someone else holds the lock; ``holder_ttl`` is its remaining seconds when the backend knows them."""
+
+    holder_ttl: float | None = None
+
+
+class Contender(Protocol):
+    """One ``obtain`` call's presence on the server: what it wrote, what it watches."""
+
+    async def attempt(self) -> Granted | Busy:
+        """Try to take the lock once."""
+        ...
+
+    async def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; return ``True`` early if the lock may have become free.
+
+        Returning ``True`` buys an extra attempt that does not use up the retry budget (wake on release);
+        a backend that starts listening here returns ``True`` once right after it started, so a release
+        between the failed attempt and the subscription is not missed.
+        """
+        ...
+
+    async def close(self, granted: Granted | None) -> None:
+        """Stop listening; if nothing was granted, undo anything an attempt may have written."""
+        ...
+
+
+class Driver(Protocol):
+    """A backend as the core sees it."""
+
+    #: Upper bound, in seconds, on one shielded cleanup (a release or an undo) once cancelled.
+    cleanup_timeout: float
+
+    def contender(self, key: str, token: str, ttl: float) -> Contender: ...
+
+    async def release(self, key: str, token: str, handle: object) -> bool:
+        """Delete the lock if ``token`` still owns it; ``False`` if it did not."""
+        ...
+
+    async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
+        """Reset the lock's remaining time to ``ttl`` if ``token`` still owns it; ``False`` if it did not."""
+        ...
+
+    async def remaining(self, key: str, token: str, handle: object) -> float:
+        """Seconds left on the lock if ``token`` still owns it, else ``0.0``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the driver owns (its own client, subscriber connections)."""
+        ...

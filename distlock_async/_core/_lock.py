@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from .._errors import LockNotHeldError
+from ._shield import finish
+
+if TYPE_CHECKING:
+    from ._locker import LockerBase
+
+logger = logging.getLogger("distlock_async")
+
+
+class HeldLock:
+    """A held lock; its contract is documented on the ``distlock_async.Lock`` protocol."""
+
+    __slots__ = ("_fencing_token", "_handle", "_interval", "_key", "_locker", "_refresher", "_released", "_token", "_ttl")
+
+    def __init__(
+        self,
+        locker: LockerBase,
+        key: str,
+        token: str,
+        fencing_token: int,
+        handle: object,
+        ttl: float,
+        interval: float,
+    ) -> None:
+        self._locker = locker
+        self._key = key
+        self._token = token
+        self._fencing_token = fencing_token
+        self._handle = handle
+        self._ttl = ttl
+        self._interval = interval
+        self._released = False
+        self._refresher: RefreshTask | None = None
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    @property
+    def fencing_token(self) -> int:
+        return self._fencing_token
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "obtained"
+        return f"<distlock_async.Lock key={self._key!r} fencing_token={self._fencing_token} {state}>"
+
+    async def release(self) -> None:
+        self._locker._check_usable()
+        if self._refresher is not None:
+            await self._refresher.stop()
+        if self._released:
+            await asyncio.sleep(0)
+            raise LockNotHeldError(self._key, f"lock {self._key!r} was already released")
+        self._released = True
+        driver = self._locker._driver
+        owned = await finish(
+            partial(driver.release, self._key, self._token, self._handle),
+            timeout=driver.cleanup_timeout,
+            what=f"release of lock {self._key!r}",
+        )
+        if not owned:
+            raise LockNotHeldError(self._key)
+
+    async def refresh(self) -> None:
+        self._locker._check_usable()
+        if self._released:
+            await asyncio.sleep(0)
+            raise LockNotHeldError(self._key, f"lock {self._key!r} was released")
+        if not await self._locker._driver.extend(self._key, self._token, self._handle, self._ttl):
+            raise LockNotHeldError(self._key)
+
+    async def ttl(self) -> float:
+        self._locker._check_usable()
+        if self._released:
+            await asyncio.sleep(0)
+            return 0.0
+        return await self._locker._driver.remaining(self._key, self._token, self._handle)
+
+    def start_refresh(self, on_error: Callable[[BaseException], object] | None = None) -> RefreshTask:
+        if on_error is not None and not callable(on_error):
+            raise TypeError(f"on_error must be callable or None, not {type(on_error).__name__}")
+        self._locker._check_usable()
+        if self._released:
+            raise LockNotHeldError(self._key, f"lock {self._key!r} was released")
+        if self._refresher is not None and self._refresher.running:
+            raise RuntimeError(f"a refresher of lock {self._key!r} is already running")
+        self._refresher = RefreshTask(self, on_error)
+        return self._refresher
+
+    async def __aenter__(self) -> HeldLock:
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.release()
+            return
+        try:
+            await self.release()
+        except Exception:
+            logger.warning("release of lock %r failed after its body raised", self._key, exc_info=True)
+
+
+class RefreshTask:
+    """The handle of a ``start_refresh`` task; contract on the ``distlock_async.Refresher`` protocol."""
+
+    __slots__ = ("_lock", "_on_error", "_stopping", "_task")
+
+    def __init__(self, lock: HeldLock, on_error: Callable[[BaseException], object] | None) -> None:
+        self._lock = lock
+        self._on_error = on_error
+        self._stopping = False
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"distlock_async: refresh {lock.key!r}")
+        refreshers = lock._locker._refreshers
+        refreshers.add(self)
+        self._task.add_done_callback(lambda _: refreshers.discard(self))
+
+    @property
+    def running(self) -> bool:
+        return not self._stopping and not self._task.done()
+
+    def __repr__(self) -> str:
+        return f"<distlock_async.Refresher key={self._lock.key!r} running={self.running}>"
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if asyncio.current_task() is self._task:
+            # Called from on_error (say, a release in the callback): the task exits by itself afterwards.
+            await asyncio.sleep(0)
+            return
+        self._task.cancel()
+        await asyncio.wait([self._task])
+
+    async def _run(self) -> None:
+        lock = self._lock
+        while True:
+            await asyncio.sleep(lock._interval)
+            try:
+                await lock.refresh()
+            except Exception as exc:
+                await self._report(exc)
+                return
+
+    async def _report(self, exc: Exception) -> None:
+        if self._on_error is None:
+            logger.warning("refresh of lock %r failed; refreshing stopped: %s", self._lock.key, exc, exc_info=exc)
+            return
+        try:
+            result = self._on_error(exc)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("on_error callback of lock %r raised", self._lock.key)

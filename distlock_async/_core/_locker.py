@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from functools import partial
+from types import TracebackType
+from typing import TypeVar
+
+import anyio
+
+from .._errors import LockLostError, NotObtainedError
+from .._options import Options
+from .._validate import check_count, check_key, check_seconds
+from ._driver import Contender, Driver, Granted
+from ._lock import HeldLock, RefreshTask
+from ._shield import finish
+
+logger = logging.getLogger("distlock_async")
+
+_Self = TypeVar("_Self", bound="LockerBase")
+
+#: The shortest sleep before retrying when the holder's lock is about to expire: keeps a waiter from
+#: spinning on a lock that the server reports as 0 ms from expiry.
+_MIN_EXPIRY_WAIT = 0.001
+
+
+class _Settings:
+    __slots__ = ("interval", "max_retries", "retry_delay", "ttl")
+
+    def __init__(self, options: Options, ttl: object, max_retries: object, retry_delay: object) -> None:
+        self.ttl = options.ttl if ttl is None else check_seconds("ttl", ttl)
+        self.max_retries = options.max_retries if max_retries is None else check_count("max_retries", max_retries)
+        self.retry_delay = (
+            options.retry_delay if retry_delay is None else check_seconds("retry_delay", retry_delay, allow_zero=True)
+        )
+        self.interval = options.interval_for(self.ttl)
+
+
+class LockerBase:
+    """What every backend's locker does; the contract is on the ``distlock_async.Locker`` protocol."""
+
+    def __init__(self, driver: Driver, options: Options | None) -> None:
+        if options is not None and not isinstance(options, Options):
+            raise TypeError(f"options must be distlock_async.Options or None, not {type(options).__name__}")
+        self._driver = driver
+        self._options = options or Options()
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refreshers: set[RefreshTask] = set()
+        self._contexts: set[LockContext] = set()
+
+    @property
+    def options(self) -> Options:
+        """The locker's default :class:`~distlock_async.Options`."""
+        return self._options
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(
+                f"{type(self).__name__} is bound to the event loop it was first used in; create one locker per event loop"
+            )
+
+    async def obtain(
+        self,
+        key: str,
+        *,
+        ttl: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+    ) -> HeldLock:
+        check_key(key)
+        settings = _Settings(self._options, ttl, max_retries, retry_delay)
+        self._check_usable()
+        return await self._obtain(key, settings)
+
+    def lock(
+        self,
+        key: str,
+        *,
+        ttl: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+    ) -> LockContext:
+        check_key(key)
+        return LockContext(self, key, _Settings(self._options, ttl, max_retries, retry_delay))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await asyncio.sleep(0)
+            return
+        self._closed = True
+        for context in list(self._contexts):
+            context._lose(RuntimeError(f"{type(self).__name__} was closed while the lock was held"))
+        refreshers = list(self._refreshers)
+        for refresher in refreshers:
+            await refresher.stop()
+        await self._driver.aclose()
+
+    async def __aenter__(self: _Self) -> _Self:
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _obtain(self, key: str, settings: _Settings) -> HeldLock:
+        driver = self._driver
+        token = secrets.token_hex(16)
+        contender = driver.contender(key, token, settings.ttl)
+        granted: Granted | None = None
+        try:
+            granted = await self._contend(key, contender, settings)
+        finally:
+            try:
+                await finish(
+                    partial(contender.close, granted),
+                    timeout=driver.cleanup_timeout,
+                    what=f"cleanup after obtaining lock {key!r}",
+                )
+            except BaseException:
+                if granted is not None:
+                    handle = granted.handle
+                    await finish(
+                        partial(driver.release, key, token, handle),
+                        timeout=driver.cleanup_timeout,
+                        what=f"release of lock {key!r} after a failed obtain",
+                    )
+                raise
+        return HeldLock(self, key, token, granted.fencing_token, granted.handle, settings.ttl, settings.interval)
+
+    async def _contend(self, key: str, contender: Contender, settings: _Settings) -> Granted:
+        loop = asyncio.get_running_loop()
+        retries = settings.max_retries
+        next_slot = loop.time() + settings.retry_delay
+        while True:
+            outcome = await contender.attempt()
+            if isinstance(outcome, Granted):
+                return outcome
+            if retries == 0:
+                raise NotObtainedError(key)
+            now = loop.time()
+            delay = next_slot - now
+            if outcome.holder_ttl is not None:
+                delay = min(delay, max(outcome.holder_ttl, _MIN_EXPIRY_WAIT))
+            logger.debug("lock %r is held by another owner; waiting up to %.3f s", key, max(delay, 0.0))
+            if delay > 0:
+                await contender.wait(delay)
+            else:
+                await asyncio.sleep(0)
+            now = loop.time()
+            if now >= next_slot:
+                retries -= 1
+                next_slot = now + settings.retry_delay
+
+
+class LockContext:
+    """``async with locker.lock(key) as lock:`` -- see ``distlock_async.Locker.lock``."""
+
+    __slots__ = ("_key", "_lock", "_locker", "_loss", "_refresher", "_scope", "_settings")
+
+    def __init__(self, locker: LockerBase, key: str, settings: _Settings) -> None:
+        self._locker = locker
+        self._key = key
+        self._settings = settings
+        self._lock: HeldLock | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._loss: BaseException | None = None
+
+    async def __aenter__(self) -> HeldLock:
+        if self._lock is not None:
+            raise RuntimeError("a locker.lock() context manager cannot be entered twice")
+        locker = self._locker
+        locker._check_usable()
+        lock = self._lock = await locker._obtain(self._key, self._settings)
+        lock.start_refresh(self._lose)
+        self._scope = anyio.CancelScope()
+        self._scope.__enter__()
+        locker._contexts.add(self)
+        return lock
+
+    def _lose(self, exc: BaseException) -> None:
+        if self._loss is None:
+            self._loss = exc
+            if self._scope is not None:
+                self._scope.cancel()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._lock is not None and self._scope is not None
+        self._locker._contexts.discard(self)
+        swallowed = self._scope.__exit__(exc_type, exc, tb)
+        if self._loss is not None and (exc is None or swallowed or not isinstance(exc, asyncio.CancelledError)):
+            await self._release_quietly()
+            raise LockLostError(self._key) from self._loss
+        if exc is not None and not swallowed:
+            await self._release_quietly()
+            return False
+        await self._lock.release()
+        return bool(swallowed)
+
+    async def _release_quietly(self) -> None:
+        assert self._lock is not None
+        try:
+            await self._lock.release()
+        except Exception as exc:
+            logger.debug("release of lock %r on the way out failed: %r", self._key, exc)

@@ -1,0 +1,171 @@
+"""The public contract: what every backend's lockers and locks do. Implementations stay quiet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Lock", "Locker", "Refresher"]
+
+
+@runtime_checkable
+class Refresher(Protocol):
+    """The handle of a background refresh task started by :meth:`Lock.start_refresh`."""
+
+    @property
+    def running(self) -> bool:
+        """``True`` until the task has stopped, failed, or been asked to stop."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop the task and wait until it has exited.
+
+        Idempotent and safe to call from several tasks at once; a no-op once the task has exited.
+        Called from inside the refresher's own ``on_error`` callback, it does not wait for itself.
+        """
+        ...
+
+
+@runtime_checkable
+class Lock(Protocol):
+    """A held distributed lock, as returned by :meth:`Locker.obtain`.
+
+    ``async with lock:`` releases it on exit. If the body raised, its exception propagates and a
+    failed release is logged on the ``distlock_async`` logger; if the body succeeded and the release
+    fails, the :class:`~distlock_async.LockNotHeldError` propagates.
+    """
+
+    @property
+    def key(self) -> str:
+        """The key this lock was obtained for."""
+        ...
+
+    @property
+    def token(self) -> str:
+        """A random value unique to this obtain (at least 128 bits): the lock's proof of ownership."""
+        ...
+
+    @property
+    def fencing_token(self) -> int:
+        """A number ``>= 1``, strictly increasing per key across obtains, releases and expiries.
+
+        Pass it to the resource the lock protects and have the resource reject any write that carries
+        a token lower than the highest it has seen: that keeps a holder that was paused past its TTL
+        from overwriting its successor's work.
+        """
+        ...
+
+    async def release(self) -> None:
+        """Release the lock, if this ``Lock`` still owns it.
+
+        Stops this lock's refresher first. Completes even if the calling task is cancelled meanwhile
+        (the cancellation is delivered afterwards).
+
+        Raises:
+            LockNotHeldError: the lock expired, was already released, or belongs to another owner,
+                whose lock is left untouched.
+            BackendError: the server could not be reached or answered an error.
+        """
+        ...
+
+    async def refresh(self) -> None:
+        """Reset the lock's remaining time to its TTL.
+
+        Raises:
+            LockNotHeldError: the lock expired, was released, was deleted, or belongs to another owner.
+            BackendError: the server could not be reached or answered an error.
+        """
+        ...
+
+    async def ttl(self) -> float:
+        """The remaining seconds of this lock; ``0.0`` if it is no longer held by this ``Lock``.
+
+        Raises:
+            BackendError: the server could not be reached or answered an error.
+        """
+        ...
+
+    def start_refresh(self, on_error: Callable[[BaseException], object] | None = None) -> Refresher:
+        """Start a task that calls :meth:`refresh` every ``refresh_interval`` seconds.
+
+        On the first failure the task calls ``on_error(exc)`` exactly once (a plain or an async callable;
+        ``None`` logs a warning on the ``distlock_async`` logger) and exits, whatever ``on_error`` returns.
+        The locker's ``aclose()`` and this lock's ``release()`` stop it.
+
+        Raises:
+            RuntimeError: a refresher of this lock is still running, the locker is closed, or no event
+                loop is running.
+            LockNotHeldError: the lock was already released.
+        """
+        ...
+
+    async def __aenter__(self) -> Lock: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Locker(Protocol):
+    """A backend that hands out :class:`Lock` objects for string keys.
+
+    Keys are non-empty ``str`` of at most 1024 UTF-8 bytes, any characters. Per-call keywords override
+    the locker's :class:`~distlock_async.Options`. ``async with locker:`` closes it on exit.
+    """
+
+    async def obtain(
+        self,
+        key: str,
+        *,
+        ttl: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+    ) -> Lock:
+        """Obtain the lock for ``key``, retrying within the retry budget.
+
+        If the call is cancelled after the server granted the lock, the lock is released before the
+        cancellation propagates.
+
+        Raises:
+            NotObtainedError: the key is held by another owner and the retry budget is spent.
+            BackendError: the server could not be reached or answered an error; raised at once, never
+                retried as contention.
+            TypeError, ValueError: a bad argument; the message names it.
+            RuntimeError: the locker is closed or bound to another event loop.
+        """
+        ...
+
+    def lock(
+        self,
+        key: str,
+        *,
+        ttl: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+    ) -> AbstractAsyncContextManager[Lock]:
+        """Hold the lock for ``key`` for the duration of an ``async with`` block.
+
+        Obtains on entry (raising like :meth:`obtain`), refreshes in the background every
+        ``refresh_interval``, and releases on exit. If the lock is lost while the body runs (a refresh
+        fails), the body is cancelled and the ``async with`` raises :class:`~distlock_async.LockLostError`.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the locker: stop every refresher it started and close a client it created itself.
+
+        Held locks are not released (they expire). Idempotent. Afterwards ``obtain`` and ``lock``
+        raise :class:`RuntimeError`.
+        """
+        ...
+
+
+for _cls in (Lock, Locker, Refresher):
+    _cls.__module__ = "distlock_async"
+del _cls

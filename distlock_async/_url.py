@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ._backends.memory import MemoryLocker
+from ._options import EtcdOptions, Options
+from ._protocols import Locker
+
+__all__ = ["from_url"]
+
+#: Schemes of the contract whose backends this version does not ship yet.
+_NOT_YET = {"redis": "Redis", "rediss": "Redis", "unix": "Redis", "etcd": "etcd"}
+
+
+def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOptions | None = None) -> Locker:
+    """Create a locker, and the client it owns, from a URL.
+
+    ``memory://`` gives a :class:`~distlock_async.MemoryLocker` with a store of its own.
+
+    Args:
+        url: where the locks live.
+        options: defaults for every lock of the locker.
+        etcd_options: settings of an ``etcd://`` locker.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: the URL is malformed, or its scheme is unknown or not available in this version.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    if etcd_options is not None and not isinstance(etcd_options, EtcdOptions):
+        raise TypeError(f"etcd_options must be distlock_async.EtcdOptions or None, not {type(etcd_options).__name__}")
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise ValueError(f"url must look like 'scheme://...', got {url!r}")
+    scheme = scheme.lower()
+    if scheme == "memory":
+        parts = urlsplit(url)
+        if parts.netloc or parts.path or parts.query or parts.fragment:
+            raise ValueError(f"url 'memory://' takes nothing after the scheme, got {url!r}")
+        if etcd_options is not None:
+            raise ValueError("etcd_options only apply to etcd:// URLs")
+        return MemoryLocker(options)
+    if scheme in _NOT_YET:
+        raise ValueError(f"url scheme {scheme!r}: the {_NOT_YET[scheme]} backend is not part of this version yet")
+    raise ValueError(f"url scheme {scheme!r} is not supported; use memory://")

@@ -1,0 +1,52 @@
+"""Argument checks shared by options, lockers and backends: one wording for every message."""
+
+from __future__ import annotations
+
+import math
+
+MAX_KEY_BYTES = 1024
+#: A year: long enough for any lease a person means to take, short enough that a unit mistake
+#: (milliseconds passed as seconds) is caught instead of turned into a lock that never expires.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a valid lock key, else raise ``TypeError``/``ValueError`` naming it."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, not {type(key).__name__}")
+    if not key:
+        raise ValueError("key must not be empty")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"key must be encodable as UTF-8: {exc.reason} at index {exc.start}") from None
+    if size > MAX_KEY_BYTES:
+        raise ValueError(f"key must be at most {MAX_KEY_BYTES} bytes in UTF-8, got {size}")
+    return key
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds (int or float), not {type(value).__name__}")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """A finite duration in seconds: ``> 0`` (or ``>= 0`` with ``allow_zero``), at most a year."""
+    seconds = _number(name, value)
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (a year), got {value!r}")
+    return seconds
+
+
+def check_count(name: str, value: object) -> int:
+    """An ``int >= 0``; ``bool`` is refused."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return value
