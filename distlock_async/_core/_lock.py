@@ -4,7 +4,6 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -60,20 +59,23 @@ class HeldLock:
 
     async def release(self) -> None:
         self._locker._check_usable()
-        if self._refresher is not None:
-            await self._refresher.stop()
         if self._released:
             await asyncio.sleep(0)
             raise LockNotHeldError(self._key, f"lock {self._key!r} was already released")
         self._released = True
-        driver = self._locker._driver
         owned = await finish(
-            partial(driver.release, self._key, self._token, self._handle),
-            timeout=driver.cleanup_timeout,
+            self._stop_refresher_and_release,
+            timeout=self._locker._driver.cleanup_timeout,
             what=f"release of lock {self._key!r}",
         )
         if not owned:
             raise LockNotHeldError(self._key)
+
+    async def _stop_refresher_and_release(self) -> bool:
+        # Idempotent as a whole, so that ``finish`` can run it again after a cancellation.
+        if self._refresher is not None:
+            await self._refresher.stop()
+        return await self._locker._driver.release(self._key, self._token, self._handle)
 
     async def refresh(self) -> None:
         self._locker._check_usable()

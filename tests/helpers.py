@@ -1,0 +1,61 @@
+"""Test utilities: the ``Backend`` under test, and waiting on the library's log records instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from distlock_async import Locker, Options
+
+
+class _Watch(logging.Handler):
+    def __init__(self, needle: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.needle = needle
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.event.set()
+
+
+@contextmanager
+def log_event(needle: str) -> Iterator[asyncio.Event]:
+    """An event set when the ``distlock_async`` logger emits a record containing ``needle``."""
+    logger = logging.getLogger("distlock_async")
+    handler = _Watch(needle)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield handler.event
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+@dataclass
+class Backend:
+    """One backend under test: makes lockers that contend with each other on the same server or store."""
+
+    name: str
+    #: A TTL short enough for a test to wait out, long enough that a busy machine does not expire it early.
+    short_ttl: float
+    #: The smallest change of ``lock.ttl()`` the backend can show (etcd counts whole seconds).
+    resolution: float
+    factory: Callable[[Options | None], Locker]
+    #: Deletes a key's lock behind its holder's back, as an operator or a data loss would.
+    steal: Callable[[str], Awaitable[None]]
+    lockers: list[Locker] = field(default_factory=list)
+
+    def locker(self, options: Options | None = None) -> Locker:
+        locker = self.factory(options)
+        self.lockers.append(locker)
+        return locker
+
+    async def aclose(self) -> None:
+        for locker in self.lockers:
+            await locker.aclose()
