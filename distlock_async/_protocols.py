@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 __all__ = ["Lock", "Locker", "Refresher"]
+
+_L = TypeVar("_L", bound="Locker")
 
 
 @runtime_checkable
@@ -160,10 +162,20 @@ class Locker(Protocol):
     async def aclose(self) -> None:
         """Close the locker: stop every refresher it started and close a client it created itself.
 
-        Held locks are not released (they expire). Idempotent. Afterwards ``obtain`` and ``lock``
+        Held locks are not released (they expire); the body of a running ``lock()`` block is cancelled
+        and raises :class:`~distlock_async.LockLostError`. Idempotent. Afterwards ``obtain`` and ``lock``
         raise :class:`RuntimeError`.
         """
         ...
+
+    async def __aenter__(self: _L) -> _L: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 for _cls in (Lock, Locker, Refresher):

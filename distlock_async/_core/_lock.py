@@ -19,7 +19,17 @@ logger = logging.getLogger("distlock_async")
 class HeldLock:
     """A held lock; its contract is documented on the ``distlock_async.Lock`` protocol."""
 
-    __slots__ = ("_fencing_token", "_handle", "_interval", "_key", "_locker", "_refresher", "_released", "_token", "_ttl")
+    __slots__ = (
+        "_fencing_token",
+        "_handle",
+        "_interval",
+        "_key",
+        "_locker",
+        "_refresher",
+        "_released",
+        "_token",
+        "_ttl",
+    )
 
     def __init__(
         self,

@@ -63,7 +63,8 @@ class LockerBase:
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError(
-                f"{type(self).__name__} is bound to the event loop it was first used in; create one locker per event loop"
+                f"{type(self).__name__} is bound to the event loop it was first used in; "
+                "create one locker per event loop"
             )
 
     async def obtain(
@@ -201,7 +202,8 @@ class LockContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        assert self._lock is not None and self._scope is not None
+        assert self._lock is not None
+        assert self._scope is not None
         self._locker._contexts.discard(self)
         swallowed = self._scope.__exit__(exc_type, exc, tb)
         if self._loss is not None and (exc is None or swallowed or not isinstance(exc, asyncio.CancelledError)):

@@ -1,0 +1,46 @@
+"""The command line as users run it: a real subprocess."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distlock_async", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "error"},
+    )
+
+
+def test_demo_shows_workers_taking_turns_with_rising_fencing_tokens() -> None:
+    result = run("demo", "--workers", "3", "--rounds", "2", "--hold", "0.02")
+    assert result.returncode == 0, result.stderr
+    assert "3 workers contend for lock 'demo' on memory://" in result.stdout
+    acquired = re.findall(r"^\s*[\d.]+\s+(w\d)\s+acquired\s+(\d+)", result.stdout, re.MULTILINE)
+    assert len(acquired) == 6
+    assert {worker for worker, _ in acquired} == {"w1", "w2", "w3"}
+    tokens = [int(token) for _, token in acquired]
+    assert tokens == sorted(tokens)
+    assert len(set(tokens)) == len(tokens)
+    # Every acquisition is followed by its own release before the next one starts.
+    events = re.findall(r"^\s*[\d.]+\s+(w\d)\s+(acquired|released)", result.stdout, re.MULTILINE)
+    assert [e for _, e in events] == ["acquired", "released"] * 6
+    assert all(events[i][0] == events[i + 1][0] for i in range(0, len(events), 2))
+
+
+def test_unavailable_backend_scheme_exits_with_usage_error() -> None:
+    result = run("--url", "redis://localhost", "demo")
+    assert result.returncode == 2
+    assert "Redis backend is not part of this version" in result.stderr
+
+
+def test_missing_command_is_a_usage_error() -> None:
+    result = run()
+    assert result.returncode == 2
+    assert "COMMAND" in result.stderr

@@ -1,0 +1,70 @@
+"""Never run: mypy checks that the public API reads well as users write it (see noxfile ``typecheck``)."""
+
+from __future__ import annotations
+
+import distlock_async
+from distlock_async import (
+    DistlockError,
+    Lock,
+    Locker,
+    LockLostError,
+    MemoryLocker,
+    MemoryStore,
+    NotObtainedError,
+    Options,
+    Refresher,
+    from_url,
+)
+
+
+async def with_lock(locker: Locker) -> int:
+    async with locker.lock("invoice:42", ttl=10) as lock:
+        token: int = lock.fencing_token
+        remaining: float = await lock.ttl()
+        assert remaining >= 0
+        return token
+
+
+async def by_hand(locker: Locker) -> None:
+    lock: Lock = await locker.obtain("job", max_retries=0, retry_delay=0.5)
+    refresher: Refresher = lock.start_refresh(on_error=lambda exc: print(exc))
+    running: bool = refresher.running
+    assert running
+    await refresher.stop()
+    await lock.refresh()
+    await lock.release()
+    async with await locker.obtain("job") as held:
+        key: str = held.key
+        print(key, held.token)
+
+
+async def errors(locker: Locker) -> None:
+    try:
+        await locker.obtain("k")
+    except NotObtainedError as exc:
+        key: str = exc.key
+        print(key)
+    except DistlockError:
+        raise
+    try:
+        async with locker.lock("k"):
+            pass
+    except LockLostError as exc:
+        print(exc.__cause__)
+
+
+async def async_on_error(lock: Lock) -> None:
+    async def report(exc: BaseException) -> None:
+        print(exc)
+
+    lock.start_refresh(report)
+
+
+async def construction() -> None:
+    store = MemoryStore()
+    async with MemoryLocker(Options(ttl=5), store=store) as a, MemoryLocker(store=store) as b:
+        mine: Locker = a
+        print(mine, b.options.ttl)
+    url_locker: Locker = from_url("memory://", Options(max_retries=3))
+    await url_locker.aclose()
+    print(distlock_async.__version__, distlock_async.EtcdOptions(session_ttl=5))
