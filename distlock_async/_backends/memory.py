@@ -7,6 +7,7 @@ import anyio.lowlevel
 
 from .._core._driver import Busy, Granted
 from .._core._locker import LockerBase
+from .._core._signal import Signal
 from .._options import Options
 
 __all__ = ["MemoryLocker", "MemoryStore"]
@@ -31,7 +32,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._held: dict[str, _Entry] = {}
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[Signal]] = {}
         self._fence = 0
 
     def __repr__(self) -> str:
@@ -61,8 +62,8 @@ class MemoryStore:
         if self._owned(key, token, _now()) is None:
             return False
         del self._held[key]
-        for event in self._waiters.get(key, ()):
-            event.set()
+        for signal in self._waiters.get(key, ()):
+            signal.set()
         return True
 
 
@@ -71,36 +72,33 @@ def _now() -> float:
 
 
 class _MemoryContender:
-    __slots__ = ("_event", "_key", "_store", "_token", "_ttl")
+    __slots__ = ("_key", "_signal", "_store", "_token", "_ttl")
 
     def __init__(self, store: MemoryStore, key: str, token: str, ttl: float) -> None:
         self._store = store
         self._key = key
         self._token = token
         self._ttl = ttl
-        self._event: asyncio.Event | None = None
+        self._signal: Signal | None = None
 
     async def attempt(self) -> Granted | Busy:
         await anyio.lowlevel.checkpoint()
-        if self._event is not None:
-            self._event.clear()
+        if self._signal is not None:
+            self._signal.clear()
         return self._store._try_acquire(self._key, self._token, self._ttl)
 
     async def wait(self, timeout: float) -> bool:
-        if self._event is None:
-            self._event = asyncio.Event()
-            self._store._waiters.setdefault(self._key, set()).add(self._event)
-        with anyio.move_on_after(timeout):
-            await self._event.wait()
-            return True
-        return False
+        if self._signal is None:
+            self._signal = Signal()
+            self._store._waiters.setdefault(self._key, set()).add(self._signal)
+        return await self._signal.wait(timeout)
 
     async def close(self, granted: Granted | None) -> None:
         # Attempts are atomic (the checkpoint comes before the change), so there is nothing to undo.
-        event, self._event = self._event, None
-        if event is not None:
+        signal, self._signal = self._signal, None
+        if signal is not None:
             waiters = self._store._waiters[self._key]
-            waiters.discard(event)
+            waiters.discard(signal)
             if not waiters:
                 del self._store._waiters[self._key]
         await anyio.lowlevel.checkpoint()
