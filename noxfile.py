@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -24,9 +27,26 @@ def _install(session: nox.Session, *groups: str, project: bool = True) -> None:
         session.install(*requirements)
 
 
+#: Server binaries the tests start, and the Debian packages that provide them.
+SERVERS = {"redis-server": "redis-server", "etcd": "etcd-server"}
+
+
+def _ensure_servers(session: nox.Session) -> None:
+    """Take the servers from PATH, or install Debian's packages when running as root."""
+    missing = sorted({package for binary, package in SERVERS.items() if shutil.which(binary) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        session.error(f"the tests need {', '.join(missing)} on PATH; install them (as root: apt-get install ...)")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, external=True, env=env)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite against real servers, on the Python running nox."""
+    _ensure_servers(session)
     _install(session, "tests")
     session.run("pytest", *session.posargs)
 
@@ -34,6 +54,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHONS)
 def tests_all(session: nox.Session) -> None:
     """The test suite on every supported Python."""
+    _ensure_servers(session)
     _install(session, "tests")
     session.run("pytest", *session.posargs)
 

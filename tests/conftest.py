@@ -7,7 +7,7 @@ fails if it leaves a task pending.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -15,6 +15,7 @@ import distlock_async
 from distlock_async import MemoryLocker, MemoryStore
 
 from .helpers import Backend
+from .servers import RedisServer
 
 
 @pytest.fixture
@@ -43,7 +44,23 @@ async def _no_pending_tasks() -> AsyncIterator[None]:
     assert not left, f"tasks left pending: {left}"
 
 
-def _memory() -> Iterator[Backend]:
+# --- servers, started once per test session ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+# --- the backends of the contract suite ---------------------------------------------------------------
+# Each factory yields a Backend whose lockers contend with each other, isolated from other tests
+# (a fresh store, or a fresh namespace on a shared server), then checks what it leaves behind.
+
+
+async def _memory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     store = MemoryStore()
 
     async def steal(key: str) -> None:
@@ -60,16 +77,20 @@ def _memory() -> Iterator[Backend]:
     assert not store._waiters, "a waiter's subscription outlived its obtain"
 
 
-@pytest.fixture(params=["memory"])
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]] = {
+    "memory": _memory,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    factories = {"memory": _memory}
-    gen = factories[request.param]()
-    b = next(gen)
+    gen = BACKENDS[request.param](request)
+    b = await gen.__anext__()
     try:
         yield b
     finally:
         await b.aclose()
-        for _ in gen:
+        async for _ in gen:
             pass
 
 

@@ -1,0 +1,205 @@
+"""Real servers for the tests: started on free loopback ports with temporary data dirs, stopped by PID.
+
+Binaries come from PATH (``redis-server``, ``etcd``); the ``tests`` nox session installs Debian's
+``redis-server`` and ``etcd-server`` when they are missing and it runs as root. Nothing here touches a
+process it did not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+START_TIMEOUT = 30.0
+
+
+class ServerMissing(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary(name: str, package: str) -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    if path is None:
+        raise ServerMissing(
+            f"{name} is not on PATH: install Debian's {package} package (the nox 'tests' session does this "
+            "itself when it runs as root)"
+        )
+    return path
+
+
+class _Process:
+    """One server process that the tests own: start, wait until ready, pause, resume, kill, restart."""
+
+    name = "server"
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"distlock-test-{self.name}-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "server.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            if self.ready():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready within {START_TIMEOUT} s: {self.log.read_text()[-2000:]}")
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the data dir stays for a restart."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer(_Process):
+    name = "redis"
+
+    def __init__(self, *extra: str) -> None:
+        super().__init__()
+        self.binary = find_binary("redis-server", "redis-server")
+        self.port = free_port()
+        self.extra = list(extra)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            *self.extra,
+        ]
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+class EtcdServer(_Process):
+    """A single-member etcd with fast raft timers (elections in ~0.4 s, minimum lease TTL 1 s)."""
+
+    name = "etcd"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.binary = find_binary("etcd", "etcd-server")
+        self.port = free_port()
+        self.peer_port = free_port()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        client = f"http://127.0.0.1:{self.port}"
+        return [
+            self.binary,
+            "--name",
+            "test",
+            "--data-dir",
+            str(self.dir / "data"),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"test={peer}",
+            "--heartbeat-interval",
+            "20",
+            "--election-timeout",
+            "200",
+            "--log-level",
+            "warn",
+        ]
+
+    def ready(self) -> bool:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=0.5)
+            try:
+                conn.request("GET", "/health")
+                return b'"health":"true"' in conn.getresponse().read()
+            finally:
+                conn.close()
+        return False
