@@ -18,6 +18,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._backends.memory import MemoryLocker, MemoryStore
+from ._backends.redis import RedisLocker
 from ._errors import BackendError, DistlockError, LockLostError, LockNotHeldError, NotObtainedError
 from ._options import EtcdOptions, Options
 from ._protocols import Lock, Locker, Refresher
@@ -40,6 +41,7 @@ __all__ = [
     "MemoryStore",
     "NotObtainedError",
     "Options",
+    "RedisLocker",
     "Refresher",
     "from_url",
 ]

@@ -16,6 +16,9 @@ from typing import TextIO
 import anyio
 
 from ._errors import BackendError, NotObtainedError
+
+if sys.version_info < (3, 11):  # pragma: no cover - anyio requires the backport there
+    from exceptiongroup import BaseExceptionGroup
 from ._options import Options
 from ._url import from_url
 
@@ -82,15 +85,25 @@ async def _demo(url: str, workers: int, rounds: int, hold: float, key: str, out:
                 line(name, "released")
             await anyio.sleep(hold / 2)  # work outside the lock, so that the others get their turn
 
-    async with locker, anyio.create_task_group() as tg:
-        for name in stats:
-            tg.start_soon(worker, name)
+    try:
+        async with locker, anyio.create_task_group() as tg:
+            for name in stats:
+                tg.start_soon(worker, name)
+    except BaseExceptionGroup as group:
+        # Every worker fails the same way when the backend is down: report the first failure.
+        raise _first(group) from None
     out.write(f"\n{'worker':<6}  {'sections':>8}  {'mean wait':>10}  {'max wait':>10}\n")
     for name, s in stats.items():
         mean = sum(s.waits) / len(s.waits)
         out.write(f"{name:<6}  {s.acquisitions:>8}  {mean * 1000:8.1f}ms  {max(s.waits) * 1000:8.1f}ms\n")
     out.write("\nNo two sections overlapped; fencing tokens rose with every hand-off.\n")
     return EXIT_OK
+
+
+def _first(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

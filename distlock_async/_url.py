@@ -3,19 +3,22 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ._backends.memory import MemoryLocker
+from ._backends.redis import RedisLocker
 from ._options import EtcdOptions, Options
 from ._protocols import Locker
 
 __all__ = ["from_url"]
 
 #: Schemes of the contract whose backends this version does not ship yet.
-_NOT_YET = {"redis": "Redis", "rediss": "Redis", "unix": "Redis", "etcd": "etcd"}
+_NOT_YET = {"etcd": "etcd"}
 
 
 def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOptions | None = None) -> Locker:
     """Create a locker, and the client it owns, from a URL.
 
-    ``memory://`` gives a :class:`~distlock_async.MemoryLocker` with a store of its own.
+    ``memory://`` gives a :class:`~distlock_async.MemoryLocker` with a store of its own; ``redis://``,
+    ``rediss://`` and ``unix://`` a :class:`~distlock_async.RedisLocker` over a client it owns (see
+    :meth:`RedisLocker.from_url <distlock_async.RedisLocker.from_url>`).
 
     Args:
         url: where the locks live.
@@ -41,6 +44,10 @@ def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOpti
         if etcd_options is not None:
             raise ValueError("etcd_options only apply to etcd:// URLs")
         return MemoryLocker(options)
+    if scheme in ("redis", "rediss", "unix"):
+        if etcd_options is not None:
+            raise ValueError("etcd_options only apply to etcd:// URLs")
+        return RedisLocker.from_url(url, options)
     if scheme in _NOT_YET:
         raise ValueError(f"url scheme {scheme!r}: the {_NOT_YET[scheme]} backend is not part of this version yet")
-    raise ValueError(f"url scheme {scheme!r} is not supported; use memory://")
+    raise ValueError(f"url scheme {scheme!r} is not supported; use redis://, rediss://, unix:// or memory://")

@@ -7,12 +7,14 @@ fails if it leaves a task pending.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+import redis.asyncio
 
 import distlock_async
-from distlock_async import MemoryLocker, MemoryStore
+from distlock_async import MemoryLocker, MemoryStore, RedisLocker
 
 from .helpers import Backend
 from .servers import RedisServer
@@ -77,8 +79,47 @@ async def _memory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     assert not store._waiters, "a waiter's subscription outlived its obtain"
 
 
+_namespaces = itertools.count()
+
+
+async def _redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    namespace = f"test{next(_namespaces)}"
+    admin = redis.asyncio.Redis(host="127.0.0.1", port=server.port)
+    clients: list[redis.asyncio.Redis] = []
+
+    def factory(options: distlock_async.Options | None) -> RedisLocker:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=server.port, socket_timeout=5)
+        clients.append(client)
+        return RedisLocker(client, options, namespace=namespace)
+
+    async def steal(key: str) -> None:
+        await admin.delete(f"{namespace}:{{{key}}}")
+
+    try:
+        yield Backend("redis", short_ttl=0.3, resolution=0.002, factory=factory, steal=steal)
+        for client in clients:
+            await client.aclose()
+        assert await admin.pubsub_channels(f"{namespace}:*") == [], "a waiter's subscription outlived its obtain"
+        await wait_for_connections(admin, 1)
+    finally:
+        await admin.aclose()
+
+
+async def wait_for_connections(admin: redis.asyncio.Redis, expected: int) -> None:
+    """Wait (bounded) until the server sees ``expected`` clients: a closed socket takes it a moment."""
+    clients: list[dict[str, str]] = []
+    for _ in range(200):
+        clients = await admin.client_list()
+        if len(clients) <= expected:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"connections left open: {clients}")
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]] = {
     "memory": _memory,
+    "redis": _redis,
 }
 
 

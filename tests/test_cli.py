@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+from .servers import RedisServer, free_port
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -35,9 +37,25 @@ def test_demo_shows_workers_taking_turns_with_rising_fencing_tokens() -> None:
 
 
 def test_unavailable_backend_scheme_exits_with_usage_error() -> None:
-    result = run("--url", "redis://localhost", "demo")
+    result = run("--url", "etcd://localhost:2379", "demo")
     assert result.returncode == 2
-    assert "Redis backend is not part of this version" in result.stderr
+    assert "etcd backend is not part of this version" in result.stderr
+
+
+def test_demo_on_redis_hands_the_lock_around(redis_server: RedisServer) -> None:
+    result = run("--url", redis_server.url, "demo", "--workers", "3", "--rounds", "2", "--hold", "0.02")
+    assert result.returncode == 0, result.stderr
+    acquired = re.findall(r"^\s*[\d.]+\s+(w\d)\s+acquired\s+(\d+)", result.stdout, re.MULTILINE)
+    assert len(acquired) == 6
+    tokens = [int(token) for _, token in acquired]
+    assert tokens == sorted(tokens)
+
+
+def test_demo_against_a_dead_server_exits_with_backend_unavailable() -> None:
+    result = run("--url", f"redis://127.0.0.1:{free_port()}/0?socket_timeout=1", "demo")
+    assert result.returncode == 4, result.stderr
+    assert "backend unavailable" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_missing_command_is_a_usage_error() -> None:

@@ -16,6 +16,7 @@ SPEC_NAMES = {
     "EtcdOptions",
     "MemoryLocker",
     "MemoryStore",
+    "RedisLocker",
     "from_url",
     "DistlockError",
     "NotObtainedError",
@@ -24,7 +25,7 @@ SPEC_NAMES = {
     "BackendError",
 }
 #: Public names of SPEC whose backends are not part of this version yet (they arrive with their issues).
-NOT_YET = {"RedisLocker", "EtcdLocker"}
+NOT_YET = {"EtcdLocker"}
 
 
 def test_all_is_sorted_and_complete() -> None:

@@ -30,6 +30,9 @@ class Signal:
     def clear(self) -> None:
         self._set = False
 
+    def is_set(self) -> bool:
+        return self._set
+
     async def wait(self, timeout: float) -> bool:
         """Sleep until set or ``timeout`` seconds pass; ``True`` if set. Always a checkpoint."""
         if self._set:

@@ -1,0 +1,337 @@
+"""The Redis backend's two connections: a multiplexed command connection and a shared subscriber.
+
+Lock commands do not go through the client's ``execute_command``: redis-py retries a command after a
+connection error or timeout (ten times by default in redis-py 8), which can apply a lock command twice
+and turns a dead server into a ten-second wait. Instead each locker keeps one connection per Redis
+server, made from the client's own connection settings (host, TLS, auth, Sentinel discovery), and
+pipelines every lock command of its tasks on it:
+
+- commands are written in order and their replies matched in order, so a command written after another
+  is applied after it -- the undo of an interrupted obtain can never overtake the obtain;
+- a caller that is cancelled leaves its reply to be read and dropped, which keeps the stream in step;
+- a command that does not answer within the deadline declares the connection dead: every command in
+  flight on it fails with ``BackendError`` and the next one reconnects.
+
+The reader of a connection is a task that exists only while replies are due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import redis.asyncio
+import redis.exceptions
+
+from .._core._signal import Signal
+from .._errors import BackendError
+
+logger = logging.getLogger("distlock_async")
+
+#: Errors of redis-py and the socket layer that mean "the server could not be reached or answered badly".
+CLIENT_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, EOFError)
+
+
+class Mux:
+    """One pipelined connection to one Redis server (see the module docstring)."""
+
+    def __init__(self, make: Callable[[], Any], deadline: float, name: str) -> None:
+        self._make = make
+        self._deadline = deadline
+        self._name = name
+        self._conn: Any = None
+        self._pending: deque[asyncio.Future[Any]] = deque()
+        self._write_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def call(self, *args: Any, undo: tuple[Any, ...] | None = None) -> Any:
+        """Send one command and return its reply; ``BackendError`` if the server fails or times out.
+
+        An error reply is raised as redis-py's ``ResponseError``.
+
+        ``undo`` is written right behind the command if the deadline passes, before the connection is
+        dropped: should a paused server apply the command when it resumes, it applies the undo next.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        timer = loop.call_later(self._deadline, self._expire, fut, undo)
+        try:
+            await self._send(fut, args)
+            # Awaiting the future directly: if the caller is cancelled the future is cancelled too, and
+            # the reader drops its reply when it arrives.
+            return await fut
+        except redis.exceptions.ResponseError:
+            raise  # an answer, not a failure to get one: the caller decides
+        except CLIENT_ERRORS as exc:
+            raise BackendError(f"redis at {self._name}: {exc}") from exc
+        except asyncio.TimeoutError as exc:
+            raise BackendError(f"redis at {self._name}: no connection within {self._deadline:g} s") from exc
+        finally:
+            timer.cancel()
+
+    async def _send(self, fut: asyncio.Future[Any], args: tuple[Any, ...]) -> None:
+        async with self._write_lock:
+            if self._closed:
+                raise RuntimeError("the locker is closed")
+            conn = self._conn
+            if conn is None or not conn.is_connected:
+                if conn is None:
+                    conn = self._conn = self._make()
+                with anyio.fail_after(self._deadline):
+                    await conn.connect()
+            self._pending.append(fut)
+            try:
+                await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+            except BaseException as exc:
+                # redis-py closed the connection: whatever was in flight on it is lost.
+                self._fail_all(exc if isinstance(exc, Exception) else ConnectionError("write interrupted"))
+                raise
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read(conn), name=f"distlock_async: {self}")
+
+    async def _read(self, conn: Any) -> None:
+        try:
+            while self._pending:
+                try:
+                    reply: Any = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+                except redis.exceptions.ResponseError as exc:
+                    reply = exc
+                fut = self._pending.popleft()
+                if fut.done():
+                    continue
+                if isinstance(reply, redis.exceptions.ResponseError):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._fail_all(exc if isinstance(exc, Exception) else ConnectionError("read interrupted"))
+            await _disconnect(conn)
+        finally:
+            if self._reader is asyncio.current_task():
+                self._reader = None
+
+    def _expire(self, fut: asyncio.Future[Any], undo: tuple[Any, ...] | None) -> None:
+        if fut.done() or fut not in self._pending:
+            return  # still connecting: ``_send`` has its own deadline
+        # No answer within the deadline: the server is gone or hung. Everything in flight shares the
+        # fate of this command, and the next command reconnects.
+        conn = self._conn
+        if undo is not None and conn is not None and conn.is_connected:
+            with contextlib.suppress(Exception):
+                conn._writer.writelines(conn.pack_command(*undo))
+        self._fail_all(redis.exceptions.TimeoutError(f"no reply within {self._deadline:g} s"))
+        self._drop_connection()
+
+    def _fail_all(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, deque()
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+        if conn is not None:
+            # Closing without waiting: a paused server still finds the bytes already written (an obtain
+            # and its undo, in this order) when it resumes.
+            conn._close()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._fail_all(ConnectionError("the locker was closed"))
+        reader, self._reader = self._reader, None
+        conn, self._conn = self._conn, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if conn is not None:
+            await _disconnect(conn)
+
+    def __repr__(self) -> str:
+        return f"<redis lock connection to {self._name}>"
+
+
+async def _disconnect(conn: Any) -> None:
+    with contextlib.suppress(*CLIENT_ERRORS, asyncio.TimeoutError):
+        await conn.disconnect(nowait=True)
+
+
+class Queue:
+    """This locker's waiters on one key, in arrival order, woken one at a time."""
+
+    __slots__ = ("handoff", "ready", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: dict[Signal, None] = {}
+        self.ready = asyncio.get_running_loop().create_future()
+        #: Set while a release by this locker has woken the head waiter and it has not tried yet: other
+        #: contenders of this locker let it go first, so a task that releases and obtains again at
+        #: once does not starve the tasks that were waiting.
+        self.handoff: Signal | None = None
+
+    def wake_head(self) -> Signal | None:
+        """Wake the first waiter, unless a wake-up is already on its way to one."""
+        for signal in self.waiters:
+            if signal.is_set():
+                return None
+            signal.set()
+            return signal
+        return None
+
+    def wake_all(self) -> None:
+        for signal in self.waiters:
+            signal.set()
+
+
+class Subscriber:
+    """One pub/sub connection per locker, subscribed to the keys its tasks are waiting for.
+
+    A channel is subscribed when the first waiter of a key arrives and unsubscribed when the last one
+    leaves; the connection and its reader task exist only while some channel is subscribed.
+    """
+
+    def __init__(self, make_client: Callable[[], Any]) -> None:
+        self._make_client = make_client
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self.queues: dict[str, Queue] = {}
+
+    async def join(self, channel: str, signal: Signal, timeout: float) -> bool:
+        """Add a waiter; ``True`` once its channel is subscribed (so the caller rechecks the lock)."""
+        queue = self.queues.get(channel)
+        if queue is not None:
+            queue.waiters[signal] = None
+            if queue.ready.done():
+                # Another waiter subscribed before us: a release since then has woken the head.
+                return False
+        else:
+            queue = self.queues[channel] = Queue()
+            queue.waiters[signal] = None
+            try:
+                await self._subscribe(channel)
+            except CLIENT_ERRORS as exc:
+                logger.debug("subscribing to %r failed (%r); waiting without wake-ups", channel, exc)
+                return False
+        # Running out of time just means "no wake-ups yet": the caller's timer still bounds the wait.
+        await asyncio.wait({queue.ready}, timeout=timeout)
+        return True
+
+    async def leave(self, channel: str, signal: Signal) -> None:
+        queue = self.queues.get(channel)
+        if queue is None or signal not in queue.waiters:
+            return
+        del queue.waiters[signal]
+        if queue.handoff is signal:
+            queue.handoff = None
+        if signal.is_set():
+            # It was woken but did not take the lock (cancelled, or gave up): pass the wake-up on.
+            nxt = queue.wake_head()
+            if queue.handoff is None:
+                queue.handoff = nxt
+        if queue.waiters:
+            return
+        del self.queues[channel]
+        if not queue.ready.done():
+            queue.ready.cancel()
+        if not self.queues:
+            await self._stop()
+        elif self._pubsub is not None:
+            with contextlib.suppress(*CLIENT_ERRORS):
+                await self._pubsub.unsubscribe(channel)
+
+    def released(self, channel: str) -> None:
+        """This locker released ``channel``'s lock: hand it to our own head waiter without a round trip."""
+        queue = self.queues.get(channel)
+        if queue is not None and queue.handoff is None:
+            queue.handoff = queue.wake_head()
+
+    def deferring(self, channel: str, signal: Signal | None) -> bool:
+        """Whether a hand-off to another of our waiters is under way, so ``signal``'s owner should wait."""
+        queue = self.queues.get(channel)
+        return queue is not None and queue.handoff is not None and queue.handoff is not signal
+
+    def tried(self, channel: str, signal: Signal) -> None:
+        queue = self.queues.get(channel)
+        if queue is not None and queue.handoff is signal:
+            queue.handoff = None
+
+    async def _subscribe(self, channel: str) -> None:
+        channels = [channel]
+        if self._pubsub is None:
+            # A new connection (the first, or after the old one failed): subscribe every waiting key.
+            if self._client is None:
+                self._client = self._make_client()
+            self._pubsub = self._client.pubsub()
+            channels = list(self.queues)
+        await self._pubsub.subscribe(*channels)
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read(self._pubsub), name="distlock_async: redis wake-ups"
+            )
+
+    async def _read(self, pubsub: Any) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                channel = message["channel"]
+                if isinstance(channel, bytes):
+                    channel = channel.decode()
+                queue = self.queues.get(channel)
+                if queue is None:
+                    continue
+                if message["type"] == "subscribe":
+                    if queue.ready.done():
+                        # Subscribed again after a reconnect: releases in between were missed.
+                        queue.wake_all()
+                    else:
+                        queue.ready.set_result(None)
+                elif message["type"] == "message":
+                    queue.wake_head()
+        except asyncio.CancelledError:
+            raise
+        except CLIENT_ERRORS as exc:
+            logger.debug("the wake-up connection failed (%r); waiters fall back to their timers", exc)
+            for queue in self.queues.values():
+                queue.wake_all()
+            self._reader = None
+            self._pubsub = None
+            with contextlib.suppress(*CLIENT_ERRORS):
+                await pubsub.aclose()
+
+    async def _stop(self) -> None:
+        reader, self._reader = self._reader, None
+        pubsub, self._pubsub = self._pubsub, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if pubsub is not None:
+            with contextlib.suppress(*CLIENT_ERRORS):
+                await pubsub.aclose()
+
+    async def aclose(self) -> None:
+        for queue in self.queues.values():
+            queue.wake_all()
+        await self._stop()
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(*CLIENT_ERRORS):
+                await client.aclose(close_connection_pool=True)
+
+
+__all__ = ["CLIENT_ERRORS", "Mux", "Queue", "Subscriber", "redis"]

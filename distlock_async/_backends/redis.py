@@ -1,0 +1,334 @@
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import anyio.lowlevel
+import redis.asyncio
+import redis.exceptions
+
+from .._core._driver import Busy, Granted
+from .._core._locker import LockerBase
+from .._core._signal import Signal
+from .._errors import BackendError
+from .._options import Options
+from ._redis_io import CLIENT_ERRORS, Mux, Subscriber
+
+__all__ = ["RedisLocker"]
+
+logger = logging.getLogger("distlock_async")
+
+#: Deadline of one lock command when the client has no ``socket_timeout`` of its own.
+DEFAULT_DEADLINE = 5.0
+
+
+class _Script:
+    __slots__ = ("body", "sha")
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
+
+
+# KEYS[1] lock, KEYS[2] fence counter; ARGV[1] token, ARGV[2] TTL in ms.
+# Granted: {1, fencing token}. Busy: {0, the holder's remaining ms}.
+# The fencing token is one more than the last one, and never below the server clock in microseconds, so
+# it keeps increasing when Redis loses the counter (restart without persistence, failover to a replica
+# that lagged). That also lets the counter expire: after a minute nothing below the clock is left to beat.
+_OBTAIN = _Script("""
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local now = redis.call('time')
+  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
+  if fence < floor then fence = floor end
+  redis.call('set', KEYS[2], string.format('%d', fence), 'PX', math.max(tonumber(ARGV[2]), 60000))
+  return {1, fence}
+end
+return {0, redis.call('pttl', KEYS[1])}
+""")
+
+# KEYS[1] lock; ARGV[1] token. 1 if it was ours and is gone now; waiters hear of it on the lock's channel.
+_RELEASE = _Script("""
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  redis.call('publish', KEYS[1], '')
+  return 1
+end
+return 0
+""")
+
+# KEYS[1] lock; ARGV[1] token, ARGV[2] TTL in ms. 1 if it was ours and has its full TTL again.
+_EXTEND = _Script("""
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+""")
+
+# KEYS[1] lock; ARGV[1] token. Remaining ms if it is ours, else -2.
+_REMAINING = _Script("""
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pttl', KEYS[1])
+end
+return -2
+""")
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _untimed(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The client's connection settings without ``socket_timeout``: the locker applies its own deadline.
+
+    redis-py enforces ``socket_timeout`` on writes with ``asyncio.wait_for``, which on Python 3.10 and 3.11
+    can swallow a cancellation that arrives as the write completes; a cancelled obtain would go on waiting.
+    """
+    return {**kwargs, "socket_timeout": None}
+
+
+class _Keys:
+    __slots__ = ("fence", "lock")
+
+    def __init__(self, namespace: str, key: str) -> None:
+        # The braces make a Cluster hash tag: both keys live in the slot of the user's key.
+        self.lock = f"{namespace}:{{{key}}}"
+        self.fence = self.lock + ":fence"
+
+
+class _RedisContender:
+    __slots__ = ("_driver", "_keys", "_signal", "_token", "_ttl_ms", "_uncertain")
+
+    def __init__(self, driver: _RedisDriver, key: str, token: str, ttl: float) -> None:
+        self._driver = driver
+        self._keys = _Keys(driver.namespace, key)
+        self._token = token
+        self._ttl_ms = _ms(ttl)
+        self._signal: Signal | None = None
+        self._uncertain = False
+
+    async def attempt(self) -> Granted | Busy:
+        subscriber, channel, signal = self._driver.subscriber, self._keys.lock, self._signal
+        if signal is not None:
+            signal.clear()
+            subscriber.tried(channel, signal)
+        if subscriber.deferring(channel, signal):
+            # This locker is handing the lock from a release to its longest waiter: queue behind it.
+            await anyio.lowlevel.checkpoint()
+            return Busy()
+        keys = self._keys
+        try:
+            reply = await self._driver.run(
+                _OBTAIN, keys.lock, (keys.lock, keys.fence), (self._token, self._ttl_ms), undo=_RELEASE
+            )
+        except BaseException:
+            # The command may have been applied: close() deletes the lock if it turns out to be ours.
+            self._uncertain = True
+            raise
+        if int(reply[0]) == 1:
+            return Granted(int(reply[1]))
+        pttl = int(reply[1])
+        return Busy(pttl / 1000 if pttl >= 0 else None)
+
+    async def wait(self, timeout: float) -> bool:
+        if self._signal is None:
+            self._signal = Signal()
+            return await self._driver.subscriber.join(self._keys.lock, self._signal, timeout)
+        return await self._signal.wait(timeout)
+
+    async def close(self, granted: Granted | None) -> None:
+        signal, self._signal = self._signal, None
+        if signal is not None:
+            await self._driver.subscriber.leave(self._keys.lock, signal)
+        if granted is None and self._uncertain:
+            self._uncertain = False
+            try:
+                await self._driver.release(self._keys.lock, self._token, None, raw=True)
+            except BackendError as exc:
+                logger.warning(
+                    "could not undo an interrupted obtain of %r (%s); if it was applied, it expires with its TTL",
+                    self._keys.lock,
+                    exc,
+                )
+
+
+class _RedisDriver:
+    def __init__(self, client: Any, namespace: str, *, owned: bool) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.owned = owned
+        self.cluster = isinstance(client, redis.asyncio.RedisCluster)
+        kwargs = client.nodes_manager.connection_kwargs if self.cluster else client.connection_pool.connection_kwargs
+        self.deadline = float(kwargs.get("socket_timeout") or DEFAULT_DEADLINE)
+        self.cleanup_timeout = self.deadline
+        self.subscriber = Subscriber(self._pubsub_client)
+        self._muxes: dict[str, Mux] = {}
+
+    def _pubsub_client(self) -> Any:
+        """A client of one connection for wake-ups, with the locker's settings (see ``_untimed``).
+
+        On a Cluster any node will do: PUBLISH reaches every node's subscribers.
+        """
+        if self.cluster:
+            node = self.client.get_default_node()
+            cls, kwargs = node.connection_class, node.connection_kwargs
+        else:
+            pool = self.client.connection_pool
+            cls, kwargs = pool.connection_class, pool.connection_kwargs
+        pool = redis.asyncio.ConnectionPool(connection_class=cls, max_connections=1, **_untimed(kwargs))
+        return redis.asyncio.Redis(connection_pool=pool)
+
+    def contender(self, key: str, token: str, ttl: float) -> _RedisContender:
+        return _RedisContender(self, key, token, ttl)
+
+    def _mux(self, lock_key: str) -> Mux:
+        if self.cluster:
+            node = self.client.get_node_from_key(lock_key)
+            name = node.name
+            cls, kwargs = node.connection_class, node.connection_kwargs
+        else:
+            pool = self.client.connection_pool
+            cls, kwargs = pool.connection_class, pool.connection_kwargs
+            name = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        mux = self._muxes.get(name)
+        if mux is None:
+            mux = self._muxes[name] = Mux(lambda: cls(**_untimed(kwargs)), self.deadline, name)
+        return mux
+
+    async def run(
+        self, script: _Script, lock_key: str, keys: tuple[str, ...], args: tuple[object, ...], *, undo: Any = None
+    ) -> Any:
+        """Run ``script`` with one client command (two the first time a server sees it)."""
+        if self.cluster and self.client._initialize:
+            try:
+                await self.client.initialize()
+            except CLIENT_ERRORS as exc:
+                raise BackendError(f"redis cluster: {exc}") from exc
+        undo_cmd = None if undo is None else ("EVAL", undo.body, 1, keys[0], args[0])
+        for _ in range(3):
+            mux = self._mux(lock_key)
+            try:
+                try:
+                    return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo_cmd)
+                except redis.exceptions.NoScriptError:
+                    # Not applied; EVAL runs the script and caches it for the next EVALSHA.
+                    return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo_cmd)
+            except redis.exceptions.MovedError as exc:
+                # Not applied either: the slot lives elsewhere now (Cluster resharding or failover).
+                logger.debug("%s moved (%s); reloading the cluster's slots", lock_key, exc)
+                try:
+                    await self.client.nodes_manager.initialize()
+                except CLIENT_ERRORS as init_exc:
+                    raise BackendError(f"redis cluster: {init_exc}") from init_exc
+            except redis.exceptions.ResponseError as exc:
+                raise BackendError(f"redis answered an error: {exc}") from exc
+        raise BackendError(f"redis cluster kept redirecting {lock_key!r}")
+
+    async def release(self, key: str, token: str, handle: object, *, raw: bool = False) -> bool:
+        lock_key = key if raw else _Keys(self.namespace, key).lock
+        released = int(await self.run(_RELEASE, lock_key, (lock_key,), (token,))) == 1
+        if released:
+            self.subscriber.released(lock_key)
+        return released
+
+    async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
+        lock_key = _Keys(self.namespace, key).lock
+        return int(await self.run(_EXTEND, lock_key, (lock_key,), (token, _ms(ttl)))) == 1
+
+    async def remaining(self, key: str, token: str, handle: object) -> float:
+        lock_key = _Keys(self.namespace, key).lock
+        pttl = int(await self.run(_REMAINING, lock_key, (lock_key,), (token,)))
+        return max(pttl, 0) / 1000
+
+    async def aclose(self) -> None:
+        await self.subscriber.aclose()
+        muxes = list(self._muxes.values())
+        self._muxes.clear()
+        for mux in muxes:
+            await mux.aclose()
+        if self.owned:
+            try:
+                await self.client.aclose()
+            except CLIENT_ERRORS as exc:
+                logger.debug("closing the Redis client failed: %r", exc)
+
+
+class RedisLocker(LockerBase):
+    """Locks in Redis: standalone, Sentinel-managed or Cluster.
+
+    Each lock is one key, ``"{namespace}:{" + key + "}"``, holding the lock's random token with a TTL,
+    and a fencing counter beside it in the same hash slot. Obtain, release, refresh and ``ttl()`` are one
+    Lua script call each; waiters are woken over pub/sub when the holder releases, one at a time and in
+    the order they started waiting within a locker.
+
+    Lock commands go over a connection of the locker's own, made from the client's settings, never
+    through redis-py's retrying ``execute_command``: a lock command is sent at most once, and one that
+    gets no reply within the client's ``socket_timeout`` (5 s if it has none) fails with
+    :class:`~distlock_async.BackendError`. Wake-ups use one pub/sub connection from the client's pool
+    while any task is waiting.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` (a Sentinel ``master_for`` client included) or
+            ``redis.asyncio.RedisCluster``. The locker never closes it.
+        options: defaults for every lock of this locker.
+        namespace: prefix of every key the locker writes.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: ``namespace`` is empty.
+    """
+
+    def __init__(self, client: Any, options: Options | None = None, *, namespace: str = "distlock") -> None:
+        self._init(client, options, namespace, owned=False)
+
+    def _init(self, client: Any, options: Options | None, namespace: str, *, owned: bool) -> None:
+        if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
+            raise TypeError(
+                f"client must be a redis.asyncio.Redis or redis.asyncio.RedisCluster, not {type(client).__name__}"
+            )
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        if not namespace:
+            raise ValueError("namespace must not be empty")
+        if "{" in namespace or "}" in namespace:
+            raise ValueError(f"namespace must not contain braces (they pick the Cluster hash slot), got {namespace!r}")
+        self._driver_ = _RedisDriver(client, namespace, owned=owned)
+        super().__init__(self._driver_, options)
+
+    @classmethod
+    def from_url(cls, url: str, options: Options | None = None, *, namespace: str = "distlock") -> RedisLocker:
+        """A locker over a client made from ``url``, which the locker owns and closes.
+
+        Takes what ``redis.asyncio.from_url`` takes: ``redis://``, ``rediss://`` (TLS), ``unix://``,
+        with credentials, database and query options such as ``socket_timeout``.
+
+        Raises:
+            TypeError: an argument has the wrong type.
+            ValueError: the URL is malformed.
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        try:
+            client = redis.asyncio.from_url(url)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not a Redis URL: {url!r} ({exc})") from exc
+        self = cls.__new__(cls)
+        self._init(client, options, namespace, owned=True)
+        return self
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client this locker was given or made."""
+        return self._driver_.client
+
+    @property
+    def namespace(self) -> str:
+        """The prefix of every key this locker writes."""
+        return self._driver_.namespace
+
+    def __repr__(self) -> str:
+        return f"<distlock_async.RedisLocker namespace={self.namespace!r} client={self.client!r}>"
+
+
+RedisLocker.__module__ = "distlock_async"
