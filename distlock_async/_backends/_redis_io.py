@@ -81,6 +81,10 @@ class Mux:
             if self._closed:
                 raise RuntimeError("the locker is closed")
             conn = self._conn
+            if conn is not None and not self._pending and _peer_closed(conn):
+                # The server closed this idle connection (restart, idle timeout): nothing is lost by
+                # reconnecting now, while a command written to it would fail with its fate unknown.
+                await _disconnect(conn)
             if conn is None or not conn.is_connected:
                 if conn is None:
                     conn = self._conn = self._make()
@@ -163,6 +167,12 @@ class Mux:
         return f"<redis lock connection to {self._name}>"
 
 
+def _peer_closed(conn: Any) -> bool:
+    # redis-py has no public "has the server hung up" check that does not read from the socket.
+    reader = getattr(conn, "_reader", None)
+    return reader is not None and reader.at_eof()
+
+
 async def _disconnect(conn: Any) -> None:
     with contextlib.suppress(*CLIENT_ERRORS, asyncio.TimeoutError):
         await conn.disconnect(nowait=True)
@@ -182,10 +192,11 @@ class Queue:
         self.handoff: Signal | None = None
 
     def wake_head(self) -> Signal | None:
-        """Wake the first waiter, unless a wake-up is already on its way to one."""
+        """Wake the first waiter, unless a wake-up is already on its way to one; return that waiter."""
         for signal in self.waiters:
             if signal.is_set():
-                return None
+                return signal
+        for signal in self.waiters:
             signal.set()
             return signal
         return None
@@ -215,7 +226,8 @@ class Subscriber:
         if queue is not None:
             queue.waiters[signal] = None
             if queue.ready.done():
-                # Another waiter subscribed before us: a release since then has woken the head.
+                # Another waiter subscribed before us: a release since then has woken the head, and
+                # this waiter queues behind it.
                 return False
         else:
             queue = self.queues[channel] = Queue()
@@ -229,20 +241,23 @@ class Subscriber:
         await asyncio.wait({queue.ready}, timeout=timeout)
         return True
 
-    async def leave(self, channel: str, signal: Signal) -> None:
+    async def leave(self, channel: str, signal: Signal) -> bool:
+        """Remove a waiter; ``True`` if the wake-up it had received went on to the next waiter."""
         queue = self.queues.get(channel)
         if queue is None or signal not in queue.waiters:
-            return
+            return False
         del queue.waiters[signal]
         if queue.handoff is signal:
             queue.handoff = None
+        passed_on = False
         if signal.is_set():
             # It was woken but did not take the lock (cancelled, or gave up): pass the wake-up on.
             nxt = queue.wake_head()
+            passed_on = nxt is not None
             if queue.handoff is None:
                 queue.handoff = nxt
         if queue.waiters:
-            return
+            return passed_on
         del self.queues[channel]
         if not queue.ready.done():
             queue.ready.cancel()
@@ -251,6 +266,7 @@ class Subscriber:
         elif self._pubsub is not None:
             with contextlib.suppress(*CLIENT_ERRORS):
                 await self._pubsub.unsubscribe(channel)
+        return passed_on
 
     def released(self, channel: str) -> None:
         """This locker released ``channel``'s lock: hand it to our own head waiter without a round trip."""
@@ -299,6 +315,7 @@ class Subscriber:
                         # Subscribed again after a reconnect: releases in between were missed.
                         queue.wake_all()
                     else:
+                        logger.debug("subscribed to %r", channel)
                         queue.ready.set_result(None)
                 elif message["type"] == "message":
                     queue.wake_head()

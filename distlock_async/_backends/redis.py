@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import Any
@@ -31,13 +32,22 @@ class _Script:
         self.sha = hashlib.sha1(body.encode()).hexdigest()
 
 
-# KEYS[1] lock, KEYS[2] fence counter; ARGV[1] token, ARGV[2] TTL in ms.
+#: How long a released lock stays reserved for a waiter that was woken by the release, in ms.
+HANDOFF_MS = 50
+
+#: The value of a lock key between a release and the woken waiter's obtain. Tokens are hex, never this.
+_HANDOFF = "handoff"
+
+# KEYS[1] lock, KEYS[2] fence counter; ARGV[1] token, ARGV[2] TTL in ms, ARGV[3] "1" if the caller has
+# been waiting (so it may take a lock reserved for the waiters).
 # Granted: {1, fencing token}. Busy: {0, the holder's remaining ms}.
 # The fencing token is one more than the last one, and never below the server clock in microseconds, so
 # it keeps increasing when Redis loses the counter (restart without persistence, failover to a replica
 # that lagged). That also lets the counter expire: after a minute nothing below the clock is left to beat.
 _OBTAIN = _Script("""
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local held = redis.call('get', KEYS[1])
+if not held or (held == 'handoff' and ARGV[3] == '1') then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
   local now = redis.call('time')
   local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
   local fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
@@ -48,12 +58,26 @@ end
 return {0, redis.call('pttl', KEYS[1])}
 """)
 
-# KEYS[1] lock; ARGV[1] token. 1 if it was ours and is gone now; waiters hear of it on the lock's channel.
+# KEYS[1] lock; ARGV[1] token, ARGV[2] hand-off reservation in ms. 1 if it was ours and is released now.
+# Waiters hear of it on the lock's channel. If anyone listens, the lock stays reserved for them for a
+# moment, so that the releasing client cannot take it straight back and starve them.
 _RELEASE = _Script("""
 if redis.call('get', KEYS[1]) == ARGV[1] then
+  if redis.call('publish', KEYS[1], '') > 0 then
+    redis.call('set', KEYS[1], 'handoff', 'PX', ARGV[2])
+  else
+    redis.call('del', KEYS[1])
+  end
+  return 1
+end
+return 0
+""")
+
+# KEYS[1] lock. A woken waiter gave up: free a reservation nobody else of its locker will take.
+_UNRESERVE = _Script("""
+if redis.call('get', KEYS[1]) == 'handoff' then
   redis.call('del', KEYS[1])
   redis.call('publish', KEYS[1], '')
-  return 1
 end
 return 0
 """)
@@ -120,7 +144,11 @@ class _RedisContender:
         keys = self._keys
         try:
             reply = await self._driver.run(
-                _OBTAIN, keys.lock, (keys.lock, keys.fence), (self._token, self._ttl_ms), undo=_RELEASE
+                _OBTAIN,
+                keys.lock,
+                (keys.lock, keys.fence),
+                (self._token, self._ttl_ms, "0" if signal is None else "1"),
+                undo=_RELEASE,
             )
         except BaseException:
             # The command may have been applied: close() deletes the lock if it turns out to be ours.
@@ -132,15 +160,28 @@ class _RedisContender:
         return Busy(pttl / 1000 if pttl >= 0 else None)
 
     async def wait(self, timeout: float) -> bool:
-        if self._signal is None:
-            self._signal = Signal()
-            return await self._driver.subscriber.join(self._keys.lock, self._signal, timeout)
-        return await self._signal.wait(timeout)
+        signal = self._signal
+        if signal is None:
+            signal = self._signal = Signal()
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            if await self._driver.subscriber.join(self._keys.lock, signal, timeout):
+                return True  # subscribed just now: check again, a release may have come before
+            timeout -= loop.time() - start
+            if timeout <= 0:
+                return signal.is_set()
+        return await signal.wait(timeout)
 
     async def close(self, granted: Granted | None) -> None:
         signal, self._signal = self._signal, None
         if signal is not None:
-            await self._driver.subscriber.leave(self._keys.lock, signal)
+            passed_on = await self._driver.subscriber.leave(self._keys.lock, signal)
+            if granted is None and signal.is_set() and not passed_on:
+                # Woken by a release, gone without the lock, nobody here to take over the reservation.
+                try:
+                    await self._driver.run(_UNRESERVE, self._keys.lock, (self._keys.lock,), ())
+                except BackendError as exc:
+                    logger.debug("could not free the hand-off reservation of %r: %s", self._keys.lock, exc)
         if granted is None and self._uncertain:
             self._uncertain = False
             try:
@@ -205,7 +246,7 @@ class _RedisDriver:
                 await self.client.initialize()
             except CLIENT_ERRORS as exc:
                 raise BackendError(f"redis cluster: {exc}") from exc
-        undo_cmd = None if undo is None else ("EVAL", undo.body, 1, keys[0], args[0])
+        undo_cmd = None if undo is None else ("EVAL", undo.body, 1, keys[0], args[0], HANDOFF_MS)
         for _ in range(3):
             mux = self._mux(lock_key)
             try:
@@ -227,7 +268,7 @@ class _RedisDriver:
 
     async def release(self, key: str, token: str, handle: object, *, raw: bool = False) -> bool:
         lock_key = key if raw else _Keys(self.namespace, key).lock
-        released = int(await self.run(_RELEASE, lock_key, (lock_key,), (token,))) == 1
+        released = int(await self.run(_RELEASE, lock_key, (lock_key,), (token, HANDOFF_MS))) == 1
         if released:
             self.subscriber.released(lock_key)
         return released

@@ -1,0 +1,357 @@
+"""What the Redis backend promises beyond the contract: wire cost, script cache, faults, cancellation
+through a slow network, key layout, fairness. Each test that restarts, pauses or counts commands on a
+server gets a server of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import statistics
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio
+
+from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
+
+from .helpers import log_event
+from .proxy import DelayProxy
+from .servers import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+async def admin(own_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis(port=own_redis.port, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def client_for(port: int, **kwargs: Any) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis(host="127.0.0.1", port=port, **kwargs)
+
+
+#: What the scripts run inside Redis; commandstats counts these too, but the locker never sends them itself.
+SCRIPT_INTERNAL = {"get", "set", "del", "publish", "pexpire", "pttl", "time"}
+
+
+async def command_calls(admin: redis.asyncio.Redis) -> dict[str, int]:
+    """Client commands since the last CONFIG RESETSTAT, without the test's own INFO and RESETSTAT."""
+    stats = await admin.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    skip = {"info", "config|resetstat", "config", *SCRIPT_INTERNAL}
+    return {name: n for name, n in calls.items() if name not in skip}
+
+
+async def lock_keys(admin: redis.asyncio.Redis, namespace: str) -> list[str]:
+    return [k async for k in admin.scan_iter(f"{namespace}:*") if not k.endswith(":fence")]
+
+
+# --- wire cost ---------------------------------------------------------------------------------------
+
+
+async def test_an_uncontended_cycle_is_two_commands_and_an_idle_locker_sends_nothing(
+    own_redis: RedisServer, admin: redis.asyncio.Redis
+) -> None:
+    client = client_for(own_redis.port)
+    async with RedisLocker(client) as locker:
+        await (await locker.obtain("warm-up")).release()  # the server learns the scripts here
+        await admin.config_resetstat()
+        for i in range(10):
+            lock = await locker.obtain(f"k{i}")
+            await lock.release()
+        assert await command_calls(admin) == {"evalsha": 20}
+
+        await admin.config_resetstat()
+        await anyio.sleep(0.3)  # an observation window, not a synchronisation
+        assert await command_calls(admin) == {}
+        names = [c["name"] for c in await admin.client_list()]
+        assert len(names) == 2, "the locker keeps exactly one connection while idle (plus this admin's)"
+    await client.aclose()
+
+
+async def test_scripts_are_reloaded_transparently_after_script_flush(
+    own_redis: RedisServer, admin: redis.asyncio.Redis
+) -> None:
+    async with RedisLocker(client_for(own_redis.port)) as locker:
+        await (await locker.obtain("k")).release()
+        await admin.script_flush()
+        await admin.config_resetstat()
+        lock = await locker.obtain("k")
+        await lock.refresh()
+        await lock.release()
+        calls = await command_calls(admin)
+        # Each script is EVALSHA (NOSCRIPT), then EVAL once; afterwards EVALSHA hits again.
+        assert calls == {"evalsha": 3, "eval": 3}
+        await admin.config_resetstat()
+        await (await locker.obtain("k")).release()
+        assert await command_calls(admin) == {"evalsha": 2}
+    await locker.client.aclose()
+
+
+# --- keys --------------------------------------------------------------------------------------------
+
+
+async def test_keys_share_a_hash_slot_and_hold_the_token(own_redis: RedisServer, admin: redis.asyncio.Redis) -> None:
+    locker = RedisLocker(client_for(own_redis.port), namespace="app")
+    key = "invoice:{42} ü"
+    async with await locker.obtain(key, ttl=10) as lock:
+        assert await admin.get(f"app:{{{key}}}") == lock.token
+        assert 9000 < await admin.pttl(f"app:{{{key}}}") <= 10000
+        assert await admin.get(f"app:{{{key}}}:fence") == str(lock.fencing_token)
+    assert await lock_keys(admin, "app") == []
+    await locker.aclose()
+    await locker.client.aclose()
+
+
+async def test_fencing_tokens_are_never_below_the_server_clock_in_microseconds(
+    own_redis: RedisServer, admin: redis.asyncio.Redis
+) -> None:
+    async with RedisLocker(client_for(own_redis.port)) as locker:
+        seconds, micros = await admin.time()
+        lock = await locker.obtain("k")
+        assert lock.fencing_token >= seconds * 1_000_000 + micros
+        await lock.release()
+    await locker.client.aclose()
+
+
+async def test_a_client_that_decodes_responses_works(redis_server: RedisServer) -> None:
+    client = client_for(redis_server.port, decode_responses=True)
+    locker = RedisLocker(client, namespace="decoded")
+    async with locker, await locker.obtain("k") as lock:
+        assert await lock.ttl() > 0
+        with pytest.raises(NotObtainedError):
+            await locker.obtain("k", max_retries=0)
+    await client.aclose()
+
+
+# --- faults ------------------------------------------------------------------------------------------
+
+
+async def test_restart_without_persistence_keeps_tokens_increasing_and_the_same_locker_works(
+    own_redis: RedisServer,
+) -> None:
+    async with RedisLocker(client_for(own_redis.port, socket_timeout=2)) as locker:
+        before = await locker.obtain("k")
+        await before.release()
+        await anyio.to_thread.run_sync(own_redis.restart)  # data and scripts are gone
+        after = await locker.obtain("k")
+        assert after.fencing_token > before.fencing_token
+        await after.release()
+    await locker.client.aclose()
+
+
+async def test_a_dead_server_gives_backend_error_and_the_locker_recovers(own_redis: RedisServer) -> None:
+    async with RedisLocker(client_for(own_redis.port, socket_timeout=1, socket_connect_timeout=1)) as locker:
+        lock = await locker.obtain("k")
+        own_redis.kill()
+        with pytest.raises(BackendError) as info:
+            await locker.obtain("other", max_retries=0)
+        assert info.value.__cause__ is not None
+        with pytest.raises(BackendError):
+            await lock.refresh()
+        own_redis.start()
+        fresh = await locker.obtain("k")
+        assert fresh.fencing_token > lock.fencing_token
+        await fresh.release()
+    await locker.client.aclose()
+
+
+async def test_an_obtain_that_times_out_on_a_paused_server_is_sent_once_and_undone(
+    own_redis: RedisServer, admin: redis.asyncio.Redis
+) -> None:
+    client = client_for(own_redis.port, socket_timeout=0.5)
+    async with RedisLocker(client) as locker:
+        await (await locker.obtain("warm-up")).release()
+        await admin.config_resetstat()
+        own_redis.pause()
+        try:
+            with pytest.raises(BackendError, match="no reply"):
+                await locker.obtain("k", max_retries=0)
+        finally:
+            own_redis.resume()
+        # The paused server finds the obtain and then its undo in the same connection's buffer.
+        while (await command_calls(admin)).get("eval", 0) < 1:  # noqa: ASYNC110 - server state, no event to await
+            await asyncio.sleep(0.01)
+        assert (await command_calls(admin)).get("evalsha") == 1, "the obtain was sent exactly once"
+        assert await lock_keys(admin, "distlock") == []
+        lock = await locker.obtain("k", max_retries=0)
+        await lock.release()
+    await client.aclose()
+
+
+# --- cancellation through a slow network -----------------------------------------------------------
+
+
+async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisServer) -> None:
+    """Cancel obtain, refresh, release and ``lock()`` at random points while commands are on the wire."""
+    rng = random.Random(20261202)
+    admin = client_for(redis_server.port, decode_responses=True)
+    async with DelayProxy(redis_server.port, delay=0.002) as proxy:
+        client = client_for(proxy.port)
+        locker = RedisLocker(client, Options(ttl=30, max_retries=1000, retry_delay=0.005), namespace="cancel")
+        holder_locker = RedisLocker(client, namespace="cancel")
+        cancelled = 0
+        for i in range(120):
+            holder = await holder_locker.obtain("k") if i % 3 == 0 else None
+
+            async def victim() -> None:
+                what = rng.choice(["obtain", "lock", "refresh", "release"])
+                if what == "lock":
+                    async with locker.lock("k"):
+                        await asyncio.sleep(0.001)
+                    return
+                async with await locker.obtain("k") as lock:
+                    if what == "refresh":
+                        await lock.refresh()
+                    if what == "release":
+                        await lock.release()
+
+            task = asyncio.ensure_future(victim())
+            await asyncio.sleep(rng.uniform(0, 0.012))
+            if holder is not None:
+                await holder.release()
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                cancelled += 1
+            # A cancelled refresh leaves a held lock behind only until its release, which is shielded.
+            assert await lock_keys(admin, "cancel") == [], f"orphan lock after iteration {i}"
+        assert cancelled > 40, cancelled
+        await locker.aclose()
+        await holder_locker.aclose()
+        await client.aclose()
+    await admin.aclose()
+
+
+# --- fairness and hand-off ---------------------------------------------------------------------------
+
+
+async def test_eight_tasks_on_one_key_take_turns(redis_server: RedisServer) -> None:
+    """8 tasks re-contend at once after holding 1 ms: the locker's FIFO hand-off lets none of them starve."""
+    client = client_for(redis_server.port)
+    locker = RedisLocker(client, Options(ttl=5, max_retries=10_000, retry_delay=0.1), namespace="fair")
+    counts = [0] * 8
+    gaps: list[float] = []
+    holders: list[int] = []
+    released_at: list[float] = []
+    loop = asyncio.get_running_loop()
+    total = 400
+
+    async def worker(n: int) -> None:
+        while sum(counts) < total:
+            async with locker.lock("k"):
+                now = loop.time()
+                if released_at:
+                    gaps.append(now - released_at[-1])
+                holders.append(n)
+                counts[n] += 1
+                await asyncio.sleep(0.001)
+                released_at.append(loop.time())
+
+    async with anyio.create_task_group() as tg:
+        for n in range(8):
+            tg.start_soon(worker, n)
+    await locker.aclose()
+    await client.aclose()
+    handoffs = sum(1 for a, b in itertools.pairwise(holders) if a != b)
+    gaps_ms = sorted(g * 1000 for g in gaps)
+    print(
+        f"\nfairness: counts={counts} min/max={min(counts) / max(counts):.2f} "
+        f"hand-offs to another task={handoffs}/{len(holders) - 1} "
+        f"release->next acquire p50={statistics.median(gaps_ms):.2f} ms "
+        f"p99={gaps_ms[int(len(gaps_ms) * 0.99)]:.2f} ms"
+    )
+    assert min(counts) / max(counts) >= 0.5, counts
+    assert handoffs >= 0.9 * (len(holders) - 1)
+
+
+async def test_a_release_wakes_a_waiter_in_another_locker(redis_server: RedisServer) -> None:
+    client_a, client_b = client_for(redis_server.port), client_for(redis_server.port)
+    a = RedisLocker(client_a, namespace="wake")
+    b = RedisLocker(client_b, namespace="wake")
+    lock = await a.obtain("k")
+    with log_event("subscribed to 'wake:{k}'") as subscribed:
+        waiter = asyncio.ensure_future(b.obtain("k", max_retries=1, retry_delay=30))
+        await subscribed.wait()
+    await lock.release()
+    got = await asyncio.wait_for(waiter, 10)  # far below the 30 s retry delay: the release woke it
+    await got.release()
+    for locker in (a, b):
+        await locker.aclose()
+    await client_a.aclose()
+    await client_b.aclose()
+
+
+# --- construction and bad input -------------------------------------------------------------------
+
+
+async def test_bad_arguments_are_refused_with_their_names() -> None:
+    with pytest.raises(TypeError, match="client"):
+        RedisLocker(object())
+    client = redis.asyncio.Redis()
+    with pytest.raises(TypeError, match="namespace"):
+        RedisLocker(client, namespace=b"x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="namespace"):
+        RedisLocker(client, namespace="")
+    with pytest.raises(ValueError, match="braces"):
+        RedisLocker(client, namespace="a{b}")
+    with pytest.raises(TypeError, match="options"):
+        RedisLocker(client, {"ttl": 1})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Redis URL"):
+        RedisLocker.from_url("redis://localhost:notaport")
+
+
+async def test_a_locker_closes_the_client_it_made_but_never_one_it_was_given(redis_server: RedisServer) -> None:
+    given = client_for(redis_server.port)
+    async with RedisLocker(given) as locker:
+        await (await locker.obtain("k")).release()
+    assert await given.ping()
+    await given.aclose()
+
+    owned = from_url(redis_server.url)
+    assert isinstance(owned, RedisLocker)
+    await (await owned.obtain("k")).release()
+    pool = owned.client.connection_pool
+    await owned.aclose()
+    assert all(not c.is_connected for c in pool._available_connections)
+    with pytest.raises(RuntimeError, match="closed"):
+        await owned.obtain("k")
+
+
+async def test_unix_socket_url(tmp_path: Any) -> None:
+    server = RedisServer("--unixsocket", str(tmp_path / "redis.sock"))
+    server.start()
+    try:
+        locker = from_url(f"unix://{tmp_path / 'redis.sock'}", Options(ttl=5))
+        async with locker, await locker.obtain("k") as lock:
+            assert 4 < await lock.ttl() <= 5
+    finally:
+        server.cleanup()
+
+
+async def test_a_lock_released_by_someone_else_is_not_held(redis_server: RedisServer) -> None:
+    client = client_for(redis_server.port)
+    async with RedisLocker(client, namespace="other") as locker:
+        lock = await locker.obtain("k")
+        await client.set("other:{k}", "someone else")
+        with pytest.raises(LockNotHeldError):
+            await lock.refresh()
+        with pytest.raises(LockNotHeldError):
+            await lock.release()
+        assert await client.get("other:{k}") == b"someone else"
+        await client.delete("other:{k}")
+    await client.aclose()
