@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis.asyncio
+from redis.asyncio.sentinel import Sentinel
 
 import distlock_async
 from distlock_async import MemoryLocker, MemoryStore, RedisLocker
 
 from .helpers import Backend
-from .servers import RedisServer
+from .servers import RedisClusterServers, RedisSentinelServers, RedisServer
 
 
 @pytest.fixture
@@ -55,6 +56,26 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelServers]:
+    servers = RedisSentinelServers()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.cleanup()
 
 
 # --- the backends of the contract suite ---------------------------------------------------------------
@@ -117,9 +138,57 @@ async def wait_for_connections(admin: redis.asyncio.Redis, expected: int) -> Non
     raise AssertionError(f"connections left open: {clients}")
 
 
+async def _redis_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+    namespace = f"test{next(_namespaces)}"
+    admin = redis.asyncio.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+    clients: list[redis.asyncio.RedisCluster] = []
+
+    def factory(options: distlock_async.Options | None) -> RedisLocker:
+        client = redis.asyncio.RedisCluster(host="127.0.0.1", port=cluster.ports[0], socket_timeout=5)
+        clients.append(client)
+        return RedisLocker(client, options, namespace=namespace)
+
+    async def steal(key: str) -> None:
+        await admin.delete(f"{namespace}:{{{key}}}")
+
+    try:
+        yield Backend("redis-cluster", short_ttl=0.3, resolution=0.002, factory=factory, steal=steal)
+        for client in clients:
+            await client.aclose()
+    finally:
+        await admin.aclose()
+
+
+async def _redis_sentinel(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    servers: RedisSentinelServers = request.getfixturevalue("redis_sentinel")
+    namespace = f"test{next(_namespaces)}"
+    clients: list[redis.asyncio.Redis] = []
+    admin = redis.asyncio.Redis(port=servers.master.port)
+
+    def factory(options: distlock_async.Options | None) -> RedisLocker:
+        sentinel = Sentinel([("127.0.0.1", servers.sentinel.port)], socket_timeout=5)
+        clients.extend(sentinel.sentinels)
+        client = sentinel.master_for(servers.master_name, socket_timeout=5)
+        clients.append(client)
+        return RedisLocker(client, options, namespace=namespace)
+
+    async def steal(key: str) -> None:
+        await admin.delete(f"{namespace}:{{{key}}}")
+
+    try:
+        yield Backend("redis-sentinel", short_ttl=0.3, resolution=0.002, factory=factory, steal=steal)
+        for client in clients:
+            await client.aclose()
+    finally:
+        await admin.aclose()
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]] = {
     "memory": _memory,
     "redis": _redis,
+    "redis-cluster": _redis_cluster,
+    "redis-sentinel": _redis_sentinel,
 }
 
 

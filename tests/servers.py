@@ -203,3 +203,110 @@ class EtcdServer(_Process):
             finally:
                 conn.close()
         return False
+
+
+class RedisClusterServers:
+    """A Redis Cluster of three masters (no replicas) on loopback, slots spread by ``redis-cli``."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"
+            )
+            for _ in range(masters)
+        ]
+        for node in self.nodes:
+            node.port = _cluster_port()
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = find_binary("redis-cli", "redis-tools")
+        addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if all(_cluster_ok(port) for port in self.ports):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher) is free too."""
+    for _ in range(1000):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+def _cluster_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"CLUSTER INFO\r\n")
+            return b"cluster_state:ok" in s.recv(4096)
+    except OSError:
+        return False
+
+
+class RedisSentinelServers:
+    """A master, one replica and one Sentinel (quorum 1) watching them as ``mymaster``."""
+
+    master_name = "mymaster"
+
+    def __init__(self) -> None:
+        self.master = RedisServer()
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.master.port))
+        self.sentinel = _Sentinel(self.master.port, self.master_name)
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        self.sentinel.start()
+
+    def cleanup(self) -> None:
+        for server in (self.sentinel, self.replica, self.master):
+            server.cleanup()
+
+
+class _Sentinel(RedisServer):
+    name = "redis-sentinel"
+
+    def __init__(self, master_port: int, master_name: str) -> None:
+        super().__init__()
+        self.master_port = master_port
+        self.master_name = master_name
+
+    def command(self) -> list[str]:
+        config = self.dir / "sentinel.conf"
+        if not config.exists():
+            config.write_text(
+                f"port {self.port}\n"
+                "bind 127.0.0.1\n"
+                "protected-mode no\n"
+                f"dir {self.dir}\n"
+                f"sentinel monitor {self.master_name} 127.0.0.1 {self.master_port} 1\n"
+                f"sentinel down-after-milliseconds {self.master_name} 1000\n"
+                f"sentinel failover-timeout {self.master_name} 5000\n"
+            )
+        return [self.binary, str(config), "--sentinel"]

@@ -242,22 +242,20 @@ class Subscriber:
         return True
 
     async def leave(self, channel: str, signal: Signal) -> bool:
-        """Remove a waiter; ``True`` if the wake-up it had received went on to the next waiter."""
+        """Remove a waiter; ``True`` if other waiters of this locker remain (and take over its wake-up)."""
         queue = self.queues.get(channel)
         if queue is None or signal not in queue.waiters:
             return False
         del queue.waiters[signal]
         if queue.handoff is signal:
             queue.handoff = None
-        passed_on = False
         if signal.is_set():
             # It was woken but did not take the lock (cancelled, or gave up): pass the wake-up on.
             nxt = queue.wake_head()
-            passed_on = nxt is not None
             if queue.handoff is None:
                 queue.handoff = nxt
         if queue.waiters:
-            return passed_on
+            return True
         del self.queues[channel]
         if not queue.ready.done():
             queue.ready.cancel()
@@ -266,7 +264,7 @@ class Subscriber:
         elif self._pubsub is not None:
             with contextlib.suppress(*CLIENT_ERRORS):
                 await self._pubsub.unsubscribe(channel)
-        return passed_on
+        return False
 
     def released(self, channel: str) -> None:
         """This locker released ``channel``'s lock: hand it to our own head waiter without a round trip."""

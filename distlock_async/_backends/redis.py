@@ -73,7 +73,7 @@ end
 return 0
 """)
 
-# KEYS[1] lock. A woken waiter gave up: free a reservation nobody else of its locker will take.
+# KEYS[1] lock. The last waiter of a locker gave up: free a reservation it may have been woken for.
 _UNRESERVE = _Script("""
 if redis.call('get', KEYS[1]) == 'handoff' then
   redis.call('del', KEYS[1])
@@ -175,9 +175,10 @@ class _RedisContender:
     async def close(self, granted: Granted | None) -> None:
         signal, self._signal = self._signal, None
         if signal is not None:
-            passed_on = await self._driver.subscriber.leave(self._keys.lock, signal)
-            if granted is None and signal.is_set() and not passed_on:
-                # Woken by a release, gone without the lock, nobody here to take over the reservation.
+            others_wait = await self._driver.subscriber.leave(self._keys.lock, signal)
+            if granted is None and not others_wait:
+                # A release may have reserved the lock for waiters such as this one, which leaves without
+                # it (cancelled, or out of retries): nobody of this locker will take the reservation.
                 try:
                     await self._driver.run(_UNRESERVE, self._keys.lock, (self._keys.lock,), ())
                 except BackendError as exc:
