@@ -167,7 +167,7 @@ async def _redis_sentinel(request: pytest.FixtureRequest) -> AsyncIterator[Backe
     admin = redis.asyncio.Redis(port=servers.master.port)
 
     def factory(options: distlock_async.Options | None) -> RedisLocker:
-        sentinel = Sentinel([("127.0.0.1", servers.sentinel.port)], socket_timeout=5)
+        sentinel = Sentinel([("127.0.0.1", servers.sentinel.port)], socket_timeout=5)  # type: ignore[no-untyped-call]
         clients.extend(sentinel.sentinels)
         client = sentinel.master_for(servers.master_name, socket_timeout=5)
         clients.append(client)
