@@ -1,7 +1,8 @@
 """Every ``python`` code block of the README and of docs/ runs, as a user would paste it.
 
-Blocks fenced as ``python`` are complete programs; snippets that are not meant to run use another
-language tag (``text``, ``pycon``).
+Blocks fenced as ``python`` are complete programs; fragments that need more than one Redis server
+(Sentinel, Cluster) use ``py``, and output uses ``text``. A block that talks to ``redis://localhost:6379``
+runs against the suite's own Redis server instead.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from .servers import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+LOCAL_REDIS = "redis://localhost:6379"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -32,5 +36,8 @@ def test_the_docs_have_runnable_examples() -> None:
 
 
 @pytest.mark.parametrize(("where", "code"), BLOCKS, ids=[where for where, _ in BLOCKS])
-def test_code_block_runs(where: str, code: str) -> None:
+def test_code_block_runs(where: str, code: str, request: pytest.FixtureRequest) -> None:
+    if LOCAL_REDIS in code:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        code = code.replace(LOCAL_REDIS, f"redis://127.0.0.1:{server.port}")
     exec(compile(code, where, "exec"), {"__name__": "__main__"})

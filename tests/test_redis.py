@@ -153,6 +153,22 @@ async def test_restart_without_persistence_keeps_tokens_increasing_and_the_same_
     await locker.client.aclose()
 
 
+async def test_a_waiter_resubscribes_after_a_restart_and_checks_again(own_redis: RedisServer) -> None:
+    """The restart loses the holder's key; the waiter's subscription comes back and makes it look at once."""
+    holder_locker = RedisLocker(client_for(own_redis.port, socket_timeout=2))
+    waiter_locker = RedisLocker(client_for(own_redis.port, socket_timeout=2))
+    await holder_locker.obtain("k", ttl=60)
+    with log_event("subscribed to 'distlock:{k}'") as subscribed:
+        waiter = asyncio.ensure_future(waiter_locker.obtain("k", max_retries=1, retry_delay=60))
+        await subscribed.wait()
+    await anyio.to_thread.run_sync(own_redis.restart)
+    lock = await asyncio.wait_for(waiter, 30)  # far below the 60 s the waiter would sleep otherwise
+    await lock.release()
+    for locker in (holder_locker, waiter_locker):
+        await locker.aclose()
+        await locker.client.aclose()
+
+
 async def test_a_dead_server_gives_backend_error_and_the_locker_recovers(own_redis: RedisServer) -> None:
     async with RedisLocker(client_for(own_redis.port, socket_timeout=1, socket_connect_timeout=1)) as locker:
         lock = await locker.obtain("k")

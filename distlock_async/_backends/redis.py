@@ -249,7 +249,10 @@ class _RedisDriver:
                 raise BackendError(f"redis cluster: {exc}") from exc
         undo_cmd = None if undo is None else ("EVAL", undo.body, 1, keys[0], args[0], HANDOFF_MS)
         for _ in range(3):
-            mux = self._mux(lock_key)
+            try:
+                mux = self._mux(lock_key)
+            except CLIENT_ERRORS as exc:  # no node serves the slot (a Cluster without quorum, say)
+                raise BackendError(f"redis cluster: {exc}") from exc
             try:
                 try:
                     return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo_cmd)
