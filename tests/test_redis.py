@@ -348,6 +348,20 @@ async def test_a_locker_closes_the_client_it_made_but_never_one_it_was_given(red
         await owned.obtain("k")
 
 
+async def test_a_lock_of_a_closed_locker_cannot_be_released_and_opens_no_connection(
+    own_redis: RedisServer, admin: redis.asyncio.Redis
+) -> None:
+    client = client_for(own_redis.port)
+    locker = RedisLocker(client)
+    lock = await locker.obtain("k", ttl=30)
+    await locker.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await lock.release()
+    assert len(await admin.client_list()) == 1, "only the admin connection is left"
+    assert await admin.pttl("distlock:{k}") > 0, "the lock expires with its TTL"
+    await client.aclose()
+
+
 async def test_unix_socket_url(tmp_path: Any) -> None:
     server = RedisServer("--unixsocket", str(tmp_path / "redis.sock"))
     server.start()

@@ -22,10 +22,9 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import anyio
 import redis.asyncio
 import redis.exceptions
 
@@ -88,8 +87,7 @@ class Mux:
             if conn is None or not conn.is_connected:
                 if conn is None:
                     conn = self._conn = self._make()
-                with anyio.fail_after(self._deadline):
-                    await conn.connect()
+                await _isolated(conn.connect(), self._deadline)
             self._pending.append(fut)
             try:
                 await conn.send_packed_command(conn.pack_command(*args), check_health=False)
@@ -167,6 +165,30 @@ class Mux:
         return f"<redis lock connection to {self._name}>"
 
 
+async def _isolated(coro: Coroutine[Any, Any, None], timeout: float) -> None:
+    """Await ``coro`` in a task of its own, so that it cannot swallow the caller's cancellation.
+
+    redis-py connects through code that may use ``asyncio.wait_for`` (Sentinel discovery), which on Python
+    3.10 and 3.11 can return normally when a cancellation lands as the inner call completes.
+    """
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(_retrieve)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        raise asyncio.TimeoutError
+    task.result()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _peer_closed(conn: Any) -> bool:
     # redis-py has no public "has the server hung up" check that does not read from the socket.
     reader = getattr(conn, "_reader", None)
@@ -185,7 +207,8 @@ class Queue:
 
     def __init__(self) -> None:
         self.waiters: dict[Signal, None] = {}
-        self.ready = asyncio.get_running_loop().create_future()
+        #: ``True`` once the channel is subscribed, ``False`` if subscribing failed.
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         #: Set while a release by this locker has woken the head waiter and it has not tried yet: other
         #: contenders of this locker let it go first, so a task that releases and obtains again at
         #: once does not starve the tasks that were waiting.
@@ -210,7 +233,10 @@ class Subscriber:
     """One pub/sub connection per locker, subscribed to the keys its tasks are waiting for.
 
     A channel is subscribed when the first waiter of a key arrives and unsubscribed when the last one
-    leaves; the connection and its reader task exist only while some channel is subscribed.
+    leaves. The connection and the subscriber's two tasks -- one reads messages, one sends SUBSCRIBE and
+    UNSUBSCRIBE in order -- exist only while some channel is subscribed. Waiters only ever await futures of
+    their own: redis-py's I/O, which can swallow a cancellation on Python 3.10 and 3.11, runs in the
+    subscriber's tasks.
     """
 
     def __init__(self, make_client: Callable[[], Any]) -> None:
@@ -218,6 +244,8 @@ class Subscriber:
         self._client: Any = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._requests: asyncio.Queue[tuple[bool, str]] | None = None
         self.queues: dict[str, Queue] = {}
 
     async def join(self, channel: str, signal: Signal, timeout: float) -> bool:
@@ -232,14 +260,11 @@ class Subscriber:
         else:
             queue = self.queues[channel] = Queue()
             queue.waiters[signal] = None
-            try:
-                await self._subscribe(channel)
-            except CLIENT_ERRORS as exc:
-                logger.debug("subscribing to %r failed (%r); waiting without wake-ups", channel, exc)
-                return False
+            self._request(True, channel)
         # Running out of time just means "no wake-ups yet": the caller's timer still bounds the wait.
         await asyncio.wait({queue.ready}, timeout=timeout)
-        return True
+        ready = queue.ready
+        return ready.done() and not ready.cancelled() and bool(ready.result())
 
     async def leave(self, channel: str, signal: Signal) -> bool:
         """Remove a waiter; ``True`` if other waiters of this locker remain (and take over its wake-up)."""
@@ -259,11 +284,10 @@ class Subscriber:
         del self.queues[channel]
         if not queue.ready.done():
             queue.ready.cancel()
-        if not self.queues:
+        if self.queues:
+            self._request(False, channel)
+        else:
             await self._stop()
-        elif self._pubsub is not None:
-            with contextlib.suppress(*CLIENT_ERRORS):
-                await self._pubsub.unsubscribe(channel)
         return False
 
     def released(self, channel: str) -> None:
@@ -281,6 +305,29 @@ class Subscriber:
         queue = self.queues.get(channel)
         if queue is not None and queue.handoff is signal:
             queue.handoff = None
+
+    def _request(self, subscribe: bool, channel: str) -> None:
+        if self._requests is None:
+            self._requests = asyncio.Queue()
+            self._sender = asyncio.get_running_loop().create_task(
+                self._send(self._requests), name="distlock_async: redis subscriptions"
+            )
+        self._requests.put_nowait((subscribe, channel))
+
+    async def _send(self, requests: asyncio.Queue[tuple[bool, str]]) -> None:
+        while True:
+            subscribe, channel = await requests.get()
+            try:
+                if subscribe and channel in self.queues:
+                    await self._subscribe(channel)
+                elif not subscribe and channel not in self.queues and self._pubsub is not None:
+                    await self._pubsub.unsubscribe(channel)
+            except CLIENT_ERRORS as exc:
+                logger.debug("subscribing to %r failed (%r); waiters fall back to their timers", channel, exc)
+                await self._drop_pubsub()
+                for queue in self.queues.values():
+                    if not queue.ready.done():
+                        queue.ready.set_result(False)
 
     async def _subscribe(self, channel: str) -> None:
         channels = [channel]
@@ -314,21 +361,20 @@ class Subscriber:
                         queue.wake_all()
                     else:
                         logger.debug("subscribed to %r", channel)
-                        queue.ready.set_result(None)
+                        queue.ready.set_result(True)
                 elif message["type"] == "message":
                     queue.wake_head()
-        except asyncio.CancelledError:
-            raise
         except CLIENT_ERRORS as exc:
             logger.debug("the wake-up connection failed (%r); waiters fall back to their timers", exc)
             for queue in self.queues.values():
                 queue.wake_all()
-            self._reader = None
-            self._pubsub = None
-            with contextlib.suppress(*CLIENT_ERRORS):
-                await pubsub.aclose()
+            if self._reader is asyncio.current_task():
+                self._reader = None
+                pubsub, self._pubsub = self._pubsub, None
+                with contextlib.suppress(*CLIENT_ERRORS):
+                    await pubsub.aclose()
 
-    async def _stop(self) -> None:
+    async def _drop_pubsub(self) -> None:
         reader, self._reader = self._reader, None
         pubsub, self._pubsub = self._pubsub, None
         if reader is not None:
@@ -338,6 +384,15 @@ class Subscriber:
         if pubsub is not None:
             with contextlib.suppress(*CLIENT_ERRORS):
                 await pubsub.aclose()
+
+    async def _stop(self) -> None:
+        sender, self._sender = self._sender, None
+        self._requests = None
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        await self._drop_pubsub()
 
     async def aclose(self) -> None:
         for queue in self.queues.values():

@@ -206,6 +206,7 @@ class _RedisDriver:
         self.cleanup_timeout = self.deadline
         self.subscriber = Subscriber(self._pubsub_client)
         self._muxes: dict[str, Mux] = {}
+        self.closed = False
 
     def _pubsub_client(self) -> Any:
         """A client of one connection for wake-ups, with the locker's settings (see ``_untimed``).
@@ -242,6 +243,8 @@ class _RedisDriver:
         self, script: _Script, lock_key: str, keys: tuple[str, ...], args: tuple[object, ...], *, undo: Any = None
     ) -> Any:
         """Run ``script`` with one client command (two the first time a server sees it)."""
+        if self.closed:
+            raise RuntimeError("the RedisLocker is closed; the locks it held expire with their TTL")
         if self.cluster and self.client._initialize:
             try:
                 await self.client.initialize()
@@ -287,6 +290,7 @@ class _RedisDriver:
         return max(pttl, 0) / 1000
 
     async def aclose(self) -> None:
+        self.closed = True
         await self.subscriber.aclose()
         muxes = list(self._muxes.values())
         self._muxes.clear()
