@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -103,28 +104,49 @@ async def _memory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 _namespaces = itertools.count()
 
 
-async def _redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    server: RedisServer = request.getfixturevalue("redis_server")
+async def _redis_backend(
+    name: str,
+    admin: Any,
+    make_client: Callable[[], tuple[Any, list[Any]]],
+    check: Callable[[str], Awaitable[None]] | None = None,
+) -> AsyncIterator[Backend]:
+    """What every Redis deployment shares: a fresh namespace, lockers over clients of their own, steal by
+    DEL. ``make_client`` returns a client and everything to close with it; once they are closed,
+    ``check(namespace)`` looks at what the test left on the server."""
     namespace = f"test{next(_namespaces)}"
-    admin = redis.asyncio.Redis(host="127.0.0.1", port=server.port)
-    clients: list[redis.asyncio.Redis] = []
+    closables: list[Any] = []
 
     def factory(options: distlock_async.Options | None) -> RedisLocker:
-        client = redis.asyncio.Redis(host="127.0.0.1", port=server.port, socket_timeout=5)
-        clients.append(client)
+        client, extra = make_client()
+        closables.extend([client, *extra])
         return RedisLocker(client, options, namespace=namespace)
 
     async def steal(key: str) -> None:
         await admin.delete(f"{namespace}:{{{key}}}")
 
     try:
-        yield Backend("redis", short_ttl=0.3, resolution=0.002, factory=factory, steal=steal)
-        for client in clients:
-            await client.aclose()
-        assert await admin.pubsub_channels(f"{namespace}:*") == [], "a waiter's subscription outlived its obtain"
-        await wait_for_connections(admin, 1)
+        yield Backend(name, short_ttl=0.3, resolution=0.002, factory=factory, steal=steal)
+        for closable in closables:
+            await closable.aclose()
+        if check is not None:
+            await check(namespace)
     finally:
         await admin.aclose()
+
+
+async def _redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    admin = redis.asyncio.Redis(host="127.0.0.1", port=server.port)
+
+    async def check(namespace: str) -> None:
+        assert await admin.pubsub_channels(f"{namespace}:*") == [], "a waiter's subscription outlived its obtain"
+        await wait_for_connections(admin, 1)
+
+    def make_client() -> tuple[Any, list[Any]]:
+        return redis.asyncio.Redis(host="127.0.0.1", port=server.port, socket_timeout=5), []
+
+    async for backend in _redis_backend("redis", admin, make_client, check):
+        yield backend
 
 
 async def wait_for_connections(admin: redis.asyncio.Redis, expected: int) -> None:
@@ -140,48 +162,25 @@ async def wait_for_connections(admin: redis.asyncio.Redis, expected: int) -> Non
 
 async def _redis_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
-    namespace = f"test{next(_namespaces)}"
-    admin = redis.asyncio.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
-    clients: list[redis.asyncio.RedisCluster] = []
+    port = cluster.ports[0]
+    admin = redis.asyncio.RedisCluster(host="127.0.0.1", port=port)
 
-    def factory(options: distlock_async.Options | None) -> RedisLocker:
-        client = redis.asyncio.RedisCluster(host="127.0.0.1", port=cluster.ports[0], socket_timeout=5)
-        clients.append(client)
-        return RedisLocker(client, options, namespace=namespace)
+    def make_client() -> tuple[Any, list[Any]]:
+        return redis.asyncio.RedisCluster(host="127.0.0.1", port=port, socket_timeout=5), []
 
-    async def steal(key: str) -> None:
-        await admin.delete(f"{namespace}:{{{key}}}")
-
-    try:
-        yield Backend("redis-cluster", short_ttl=0.3, resolution=0.002, factory=factory, steal=steal)
-        for client in clients:
-            await client.aclose()
-    finally:
-        await admin.aclose()
+    async for backend in _redis_backend("redis-cluster", admin, make_client):
+        yield backend
 
 
 async def _redis_sentinel(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     servers: RedisSentinelServers = request.getfixturevalue("redis_sentinel")
-    namespace = f"test{next(_namespaces)}"
-    clients: list[redis.asyncio.Redis] = []
-    admin = redis.asyncio.Redis(port=servers.master.port)
 
-    def factory(options: distlock_async.Options | None) -> RedisLocker:
+    def make_client() -> tuple[Any, list[Any]]:
         sentinel = Sentinel([("127.0.0.1", servers.sentinel.port)], socket_timeout=5)  # type: ignore[no-untyped-call]
-        clients.extend(sentinel.sentinels)
-        client = sentinel.master_for(servers.master_name, socket_timeout=5)
-        clients.append(client)
-        return RedisLocker(client, options, namespace=namespace)
+        return sentinel.master_for(servers.master_name, socket_timeout=5), list(sentinel.sentinels)
 
-    async def steal(key: str) -> None:
-        await admin.delete(f"{namespace}:{{{key}}}")
-
-    try:
-        yield Backend("redis-sentinel", short_ttl=0.3, resolution=0.002, factory=factory, steal=steal)
-        for client in clients:
-            await client.aclose()
-    finally:
-        await admin.aclose()
+    async for backend in _redis_backend("redis-sentinel", redis.asyncio.Redis(port=servers.master.port), make_client):
+        yield backend
 
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]] = {

@@ -154,10 +154,7 @@ class Mux:
         self._fail_all(ConnectionError("the locker was closed"))
         reader, self._reader = self._reader, None
         conn, self._conn = self._conn, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        await _cancel_and_wait(reader)
         if conn is not None:
             await _disconnect(conn)
 
@@ -182,6 +179,13 @@ async def _isolated(coro: Coroutine[Any, Any, None], timeout: float) -> None:
         task.cancel()
         raise asyncio.TimeoutError
     task.result()
+
+
+async def _cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -377,10 +381,7 @@ class Subscriber:
     async def _drop_pubsub(self) -> None:
         reader, self._reader = self._reader, None
         pubsub, self._pubsub = self._pubsub, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        await _cancel_and_wait(reader)
         if pubsub is not None:
             with contextlib.suppress(*CLIENT_ERRORS):
                 await pubsub.aclose()
@@ -388,10 +389,7 @@ class Subscriber:
     async def _stop(self) -> None:
         sender, self._sender = self._sender, None
         self._requests = None
-        if sender is not None:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+        await _cancel_and_wait(sender)
         await self._drop_pubsub()
 
     async def aclose(self) -> None:
@@ -404,4 +402,4 @@ class Subscriber:
                 await client.aclose(close_connection_pool=True)
 
 
-__all__ = ["CLIENT_ERRORS", "Mux", "Queue", "Subscriber", "redis"]
+__all__ = ["CLIENT_ERRORS", "Mux", "Queue", "Subscriber"]

@@ -35,9 +35,6 @@ class _Script:
 #: How long a released lock stays reserved for a waiter that was woken by the release, in ms.
 HANDOFF_MS = 50
 
-#: The value of a lock key between a release and the woken waiter's obtain. Tokens are hex, never this.
-_HANDOFF = "handoff"
-
 # KEYS[1] lock, KEYS[2] fence counter; ARGV[1] token, ARGV[2] TTL in ms, ARGV[3] "1" if the caller has
 # been waiting (so it may take a lock reserved for the waiters).
 # Granted: {1, fencing token}. Busy: {0, the holder's remaining ms}.
@@ -59,6 +56,7 @@ return {0, redis.call('pttl', KEYS[1])}
 """)
 
 # KEYS[1] lock; ARGV[1] token, ARGV[2] hand-off reservation in ms. 1 if it was ours and is released now.
+# While reserved, the key holds 'handoff' (tokens are hex, never that).
 # Waiters hear of it on the lock's channel. If anyone listens, the lock stays reserved for them for a
 # moment, so that the releasing client cannot take it straight back and starve them.
 _RELEASE = _Script("""
@@ -112,6 +110,11 @@ def _untimed(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "socket_timeout": None}
 
 
+def _settings(source: Any) -> tuple[Any, dict[str, Any]]:
+    """Connection class and settings of a connection pool or a Cluster node."""
+    return source.connection_class, source.connection_kwargs
+
+
 class _Keys:
     __slots__ = ("fence", "lock")
 
@@ -148,7 +151,7 @@ class _RedisContender:
                 keys.lock,
                 (keys.lock, keys.fence),
                 (self._token, self._ttl_ms, "0" if signal is None else "1"),
-                undo=_RELEASE,
+                undoable=True,
             )
         except BaseException:
             # The command may have been applied: close() deletes the lock if it turns out to be ours.
@@ -186,7 +189,7 @@ class _RedisContender:
         if granted is None and self._uncertain:
             self._uncertain = False
             try:
-                await self._driver.release(self._keys.lock, self._token, None, raw=True)
+                await self._driver.release_key(self._keys.lock, self._token)
             except BackendError as exc:
                 logger.warning(
                     "could not undo an interrupted obtain of %r (%s); if it was applied, it expires with its TTL",
@@ -213,12 +216,7 @@ class _RedisDriver:
 
         On a Cluster any node will do: PUBLISH reaches every node's subscribers.
         """
-        if self.cluster:
-            node = self.client.get_default_node()
-            cls, kwargs = node.connection_class, node.connection_kwargs
-        else:
-            pool = self.client.connection_pool
-            cls, kwargs = pool.connection_class, pool.connection_kwargs
+        cls, kwargs = _settings(self.client.get_default_node() if self.cluster else self.client.connection_pool)
         pool = redis.asyncio.ConnectionPool(connection_class=cls, max_connections=1, **_untimed(kwargs))
         return redis.asyncio.Redis(connection_pool=pool)
 
@@ -228,11 +226,10 @@ class _RedisDriver:
     def _mux(self, lock_key: str) -> Mux:
         if self.cluster:
             node = self.client.get_node_from_key(lock_key)
+            cls, kwargs = _settings(node)
             name = node.name
-            cls, kwargs = node.connection_class, node.connection_kwargs
         else:
-            pool = self.client.connection_pool
-            cls, kwargs = pool.connection_class, pool.connection_kwargs
+            cls, kwargs = _settings(self.client.connection_pool)
             name = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
         mux = self._muxes.get(name)
         if mux is None:
@@ -240,9 +237,13 @@ class _RedisDriver:
         return mux
 
     async def run(
-        self, script: _Script, lock_key: str, keys: tuple[str, ...], args: tuple[object, ...], *, undo: Any = None
+        self, script: _Script, lock_key: str, keys: tuple[str, ...], args: tuple[object, ...], *, undoable: bool = False
     ) -> Any:
-        """Run ``script`` with one client command (two the first time a server sees it)."""
+        """Run ``script`` with one client command (two the first time a server sees it).
+
+        ``undoable``: ``args[0]`` is a token that the script may have made the owner of ``lock_key``; if the
+        deadline passes, a release with that token is queued behind the call (see ``Mux.call``).
+        """
         if self.closed:
             raise RuntimeError("the RedisLocker is closed; the locks it held expire with their TTL")
         if self.cluster and self.client._initialize:
@@ -250,7 +251,7 @@ class _RedisDriver:
                 await self.client.initialize()
             except CLIENT_ERRORS as exc:
                 raise BackendError(f"redis cluster: {exc}") from exc
-        undo_cmd = None if undo is None else ("EVAL", undo.body, 1, keys[0], args[0], HANDOFF_MS)
+        undo = ("EVAL", _RELEASE.body, 1, lock_key, args[0], HANDOFF_MS) if undoable else None
         for _ in range(3):
             try:
                 mux = self._mux(lock_key)
@@ -258,10 +259,10 @@ class _RedisDriver:
                 raise BackendError(f"redis cluster: {exc}") from exc
             try:
                 try:
-                    return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo_cmd)
+                    return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo)
                 except redis.exceptions.NoScriptError:
                     # Not applied; EVAL runs the script and caches it for the next EVALSHA.
-                    return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo_cmd)
+                    return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo)
             except redis.exceptions.MovedError as exc:
                 # Not applied either: the slot lives elsewhere now (Cluster resharding or failover).
                 logger.debug("%s moved (%s); reloading the cluster's slots", lock_key, exc)
@@ -273,8 +274,10 @@ class _RedisDriver:
                 raise BackendError(f"redis answered an error: {exc}") from exc
         raise BackendError(f"redis cluster kept redirecting {lock_key!r}")
 
-    async def release(self, key: str, token: str, handle: object, *, raw: bool = False) -> bool:
-        lock_key = key if raw else _Keys(self.namespace, key).lock
+    async def release(self, key: str, token: str, handle: object) -> bool:
+        return await self.release_key(_Keys(self.namespace, key).lock, token)
+
+    async def release_key(self, lock_key: str, token: str) -> bool:
         released = int(await self.run(_RELEASE, lock_key, (lock_key,), (token, HANDOFF_MS))) == 1
         if released:
             self.subscriber.released(lock_key)
