@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -33,10 +34,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.fixturenames.insert(0, "_no_pending_tasks")  # type: ignore[attr-defined]
 
 
+#: Seconds after which a test that is still running prints every task's stack (a hang's post-mortem).
+_DUMP_AFTER = 60.0
+
+
+def _dump_tasks() -> None:
+    print(f"\n--- still running after {_DUMP_AFTER:.0f} s; the tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+
+
 @pytest.fixture
 async def _no_pending_tasks() -> AsyncIterator[None]:
     before = asyncio.all_tasks()
+    watchdog = asyncio.get_running_loop().call_later(_DUMP_AFTER, _dump_tasks)
     yield
+    watchdog.cancel()
     for _ in range(10):
         await asyncio.sleep(0)
     left = {

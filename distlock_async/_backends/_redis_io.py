@@ -22,9 +22,10 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 import redis.asyncio
 import redis.exceptions
 
@@ -48,6 +49,7 @@ class Mux:
         self._pending: deque[asyncio.Future[Any]] = deque()
         self._write_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[Any] | None = None
         self._closed = False
 
     async def call(self, *args: Any, undo: tuple[Any, ...] | None = None) -> Any:
@@ -68,10 +70,10 @@ class Mux:
             return await fut
         except redis.exceptions.ResponseError:
             raise  # an answer, not a failure to get one: the caller decides
+        except (asyncio.TimeoutError, TimeoutError) as exc:  # the handshake's deadline (before OSError: 3.10)
+            raise BackendError(f"redis at {self._name}: no connection within {self._deadline:g} s") from exc
         except CLIENT_ERRORS as exc:
             raise BackendError(f"redis at {self._name}: {exc}") from exc
-        except asyncio.TimeoutError as exc:
-            raise BackendError(f"redis at {self._name}: no connection within {self._deadline:g} s") from exc
         finally:
             timer.cancel()
 
@@ -84,10 +86,8 @@ class Mux:
                 # The server closed this idle connection (restart, idle timeout): nothing is lost by
                 # reconnecting now, while a command written to it would fail with its fate unknown.
                 await _disconnect(conn)
-            if conn is None or not conn.is_connected:
-                if conn is None:
-                    conn = self._conn = self._make()
-                await _isolated(conn.connect(), self._deadline)
+            if self._connecting is not None or conn is None or not conn.is_connected:
+                conn = await self._connect()
             self._pending.append(fut)
             try:
                 await conn.send_packed_command(conn.pack_command(*args), check_health=False)
@@ -97,6 +97,42 @@ class Mux:
                 raise
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read(conn), name=f"distlock_async: {self}")
+
+    async def _connect(self) -> Any:
+        """Wait for the connection's handshake, starting it unless it is under way.
+
+        The handshake runs in a task of the Mux, not of the caller: a caller that is cancelled stops
+        waiting, but the handshake is never cut short half-way (its replies would be read by the next
+        command) and never runs twice at once; the next caller waits for the same one. Its own task also
+        keeps redis-py, which can swallow a cancellation while connecting (Sentinel discovery), from
+        swallowing the caller's.
+        """
+        if self._connecting is None:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self._make()
+            self._connecting = asyncio.get_running_loop().create_task(
+                self._handshake(conn), name=f"distlock_async: connecting {self}"
+            )
+            self._connecting.add_done_callback(_retrieve)  # its callers may all have been cancelled
+        connecting = self._connecting
+        await asyncio.wait({connecting})
+        if connecting.cancelled():
+            raise ConnectionError("the locker was closed")
+        return connecting.result()
+
+    async def _handshake(self, conn: Any) -> Any:
+        try:
+            with anyio.fail_after(self._deadline):
+                await conn.connect()
+        except BaseException:
+            await _disconnect(conn)
+            if self._conn is conn:
+                self._conn = None
+            raise
+        finally:
+            self._connecting = None
+        return conn
 
     async def _read(self, conn: Any) -> None:
         try:
@@ -154,6 +190,7 @@ class Mux:
         self._fail_all(ConnectionError("the locker was closed"))
         reader, self._reader = self._reader, None
         conn, self._conn = self._conn, None
+        await _cancel_and_wait(self._connecting)
         await _cancel_and_wait(reader)
         if conn is not None:
             await _disconnect(conn)
@@ -162,33 +199,16 @@ class Mux:
         return f"<redis lock connection to {self._name}>"
 
 
-async def _isolated(coro: Coroutine[Any, Any, None], timeout: float) -> None:
-    """Await ``coro`` in a task of its own, so that it cannot swallow the caller's cancellation.
-
-    redis-py connects through code that may use ``asyncio.wait_for`` (Sentinel discovery), which on Python
-    3.10 and 3.11 can return normally when a cancellation lands as the inner call completes.
-    """
-    task = asyncio.ensure_future(coro)
-    task.add_done_callback(_retrieve)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if not done:
-        task.cancel()
-        raise asyncio.TimeoutError
-    task.result()
-
-
 async def _cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it to end; the caller's own cancellation still propagates."""
     if task is not None:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.result()
 
 
-def _retrieve(task: asyncio.Task[None]) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
@@ -321,6 +341,10 @@ class Subscriber:
     async def _send(self, requests: asyncio.Queue[tuple[bool, str]]) -> None:
         while True:
             subscribe, channel = await requests.get()
+            if self._requests is not requests:
+                # Stopped. Checked here and not left to the cancellation alone: redis-py's connection
+                # code can swallow a cancellation (Sentinel discovery), and the loop would go on.
+                return
             try:
                 if subscribe and channel in self.queues:
                     await self._subscribe(channel)
@@ -349,7 +373,7 @@ class Subscriber:
 
     async def _read(self, pubsub: Any) -> None:
         try:
-            while True:
+            while self._pubsub is pubsub:  # not only the cancellation: redis-py may swallow it
                 message = await pubsub.get_message(timeout=None)
                 if message is None:
                     continue
@@ -381,14 +405,19 @@ class Subscriber:
     async def _drop_pubsub(self) -> None:
         reader, self._reader = self._reader, None
         pubsub, self._pubsub = self._pubsub, None
-        await _cancel_and_wait(reader)
+        if reader is not None:
+            reader.cancel()
         if pubsub is not None:
+            # Closing the connection also ends a reader that swallowed its cancellation mid-read.
             with contextlib.suppress(*CLIENT_ERRORS):
                 await pubsub.aclose()
+        await _cancel_and_wait(reader)
 
     async def _stop(self) -> None:
         sender, self._sender = self._sender, None
-        self._requests = None
+        requests, self._requests = self._requests, None
+        if requests is not None:
+            requests.put_nowait((False, ""))  # wakes a sender whose cancellation was swallowed
         await _cancel_and_wait(sender)
         await self._drop_pubsub()
 
