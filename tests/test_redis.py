@@ -212,15 +212,19 @@ async def test_an_obtain_that_times_out_on_a_paused_server_is_sent_once_and_undo
 
 
 async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisServer) -> None:
-    """Cancel obtain, refresh, release and ``lock()`` at random points while commands are on the wire."""
+    """1,000 cancellations of obtain, refresh, release and ``lock()`` at random points while commands are
+    on the wire: no orphan lock after any of them, and (checked by the suite) no task left pending."""
     rng = random.Random(20261202)
     admin = client_for(redis_server.port, decode_responses=True)
-    async with DelayProxy(redis_server.port, delay=0.002) as proxy:
+    async with DelayProxy(redis_server.port, delay=0.001) as proxy:
         client = client_for(proxy.port)
         locker = RedisLocker(client, Options(ttl=30, max_retries=1000, retry_delay=0.005), namespace="cancel")
         holder_locker = RedisLocker(client, namespace="cancel")
         cancelled = 0
-        for i in range(120):
+        for i in itertools.count():
+            if cancelled >= 1000:
+                break
+            assert i < 4000, f"only {cancelled} of {i} cancellations landed"
             holder = await holder_locker.obtain("k") if i % 3 == 0 else None
 
             async def victim() -> None:
@@ -236,7 +240,7 @@ async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisS
                         await lock.release()
 
             task = asyncio.ensure_future(victim())
-            await asyncio.sleep(rng.uniform(0, 0.012))
+            await asyncio.sleep(rng.uniform(0, 0.006))
             if holder is not None:
                 await holder.release()
             task.cancel()
@@ -246,7 +250,6 @@ async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisS
                 cancelled += 1
             # A cancelled refresh leaves a held lock behind only until its release, which is shielded.
             assert await lock_keys(admin, "cancel") == [], f"orphan lock after iteration {i}"
-        assert cancelled > 40, cancelled
         await locker.aclose()
         await holder_locker.aclose()
         await client.aclose()
