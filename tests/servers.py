@@ -147,9 +147,45 @@ class RedisServer(_Process):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
+
+
+class TLSRedisServer(RedisServer):
+    """A Redis that also listens with TLS (certificates from ``trustme``) and wants a password."""
+
+    password = "s3cret-pass"
+
+    def __init__(self) -> None:
+        import trustme
+
+        self.tls_port = free_port()
+        super().__init__()
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_file = self.dir / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        cert.cert_chain_pems[0].write_to_path(str(self.dir / "cert.pem"))
+        cert.private_key_pem.write_to_path(str(self.dir / "key.pem"))
+        self.extra += [
+            "--tls-port",
+            str(self.tls_port),
+            "--tls-cert-file",
+            str(self.dir / "cert.pem"),
+            "--tls-key-file",
+            str(self.dir / "key.pem"),
+            "--tls-ca-cert-file",
+            str(self.ca_file),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            self.password,
+        ]
+
+    @property
+    def tls_url(self) -> str:
+        return f"rediss://:{self.password}@127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.ca_file}"
 
 
 class EtcdServer(_Process):

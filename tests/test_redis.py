@@ -19,7 +19,7 @@ from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Opt
 
 from .helpers import log_event
 from .proxy import DelayProxy
-from .servers import RedisServer
+from .servers import RedisServer, TLSRedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -388,3 +388,43 @@ async def test_a_lock_released_by_someone_else_is_not_held(redis_server: RedisSe
         assert await client.get("other:{k}") == b"someone else"
         await client.delete("other:{k}")
     await client.aclose()
+
+
+# --- TLS and authentication ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_redis() -> Iterator[TLSRedisServer]:
+    server = TLSRedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+async def test_tls_with_a_password_from_a_rediss_url(tls_redis: TLSRedisServer) -> None:
+    async with from_url(tls_redis.tls_url) as first, from_url(tls_redis.tls_url) as second:
+        async with first.lock("tls") as lock:
+            with pytest.raises(NotObtainedError):
+                await second.obtain("tls", max_retries=0)
+            assert await lock.ttl() > 0
+        # The release woke nobody and freed the key: the wake-up connection authenticates too.
+        async with second.lock("tls", max_retries=0):
+            pass
+
+
+async def test_a_wrong_password_is_a_backend_error_with_nothing_to_undo(
+    tls_redis: TLSRedisServer, caplog_debug: pytest.LogCaptureFixture
+) -> None:
+    async with from_url(f"redis://:wrong@127.0.0.1:{tls_redis.port}/0") as locker:
+        with pytest.raises(BackendError, match="password") as info:
+            await locker.obtain("k")
+    assert isinstance(info.value.__cause__, redis.exceptions.AuthenticationError)
+    # Nothing was written, so there is no undo that could fail and warn.
+    assert not [r for r in caplog_debug.records if r.levelname == "WARNING"]
+
+
+async def test_a_certificate_from_an_unknown_authority_is_refused(tls_redis: TLSRedisServer) -> None:
+    url = f"rediss://:{tls_redis.password}@127.0.0.1:{tls_redis.tls_port}/0"
+    async with from_url(url) as locker:
+        with pytest.raises(BackendError, match="certificate"):
+            await locker.obtain("k")

@@ -38,6 +38,10 @@ logger = logging.getLogger("distlock_async")
 CLIENT_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, EOFError)
 
 
+class NotSent(BackendError):
+    """The command was certainly not written (no connection could be made): nothing to undo."""
+
+
 class Mux:
     """One pipelined connection to one Redis server (see the module docstring)."""
 
@@ -64,18 +68,22 @@ class Mux:
         fut: asyncio.Future[Any] = loop.create_future()
         timer = loop.call_later(self._deadline, self._expire, fut, undo)
         try:
-            await self._send(fut, args)
+            try:
+                await self._send(fut, args)
+            except (asyncio.TimeoutError, TimeoutError) as exc:  # the handshake's (before OSError: 3.10)
+                raise NotSent(f"redis at {self._name}: no connection within {self._deadline:g} s") from exc
             # Awaiting the future directly: if the caller is cancelled the future is cancelled too, and
             # the reader drops its reply when it arrives.
             return await fut
         except redis.exceptions.ResponseError:
             raise  # an answer, not a failure to get one: the caller decides
-        except (asyncio.TimeoutError, TimeoutError) as exc:  # the handshake's deadline (before OSError: 3.10)
-            raise BackendError(f"redis at {self._name}: no connection within {self._deadline:g} s") from exc
         except CLIENT_ERRORS as exc:
-            raise BackendError(f"redis at {self._name}: {exc}") from exc
+            error = BackendError if fut in self._pending or fut.done() else NotSent
+            raise error(f"redis at {self._name}: {exc}") from exc
         finally:
             timer.cancel()
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed by _fail_all while the error reached us another way
 
     async def _send(self, fut: asyncio.Future[Any], args: tuple[Any, ...]) -> None:
         async with self._write_lock:
@@ -431,4 +439,4 @@ class Subscriber:
                 await client.aclose(close_connection_pool=True)
 
 
-__all__ = ["CLIENT_ERRORS", "Mux", "Queue", "Subscriber"]
+__all__ = ["CLIENT_ERRORS", "Mux", "NotSent", "Queue", "Subscriber"]

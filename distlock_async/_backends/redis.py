@@ -14,7 +14,7 @@ from .._core._locker import LockerBase
 from .._core._signal import Signal
 from .._errors import BackendError
 from .._options import Options
-from ._redis_io import CLIENT_ERRORS, Mux, Subscriber
+from ._redis_io import CLIENT_ERRORS, Mux, NotSent, Subscriber
 
 __all__ = ["RedisLocker"]
 
@@ -153,6 +153,8 @@ class _RedisContender:
                 (self._token, self._ttl_ms, "0" if signal is None else "1"),
                 undoable=True,
             )
+        except NotSent:
+            raise  # no connection: nothing was written, nothing to undo
         except BaseException:
             # The command may have been applied: close() deletes the lock if it turns out to be ours.
             self._uncertain = True
