@@ -18,7 +18,7 @@ import redis.asyncio
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
 
 from .helpers import log_event
-from .proxy import DelayProxy
+from .proxy import FaultProxy
 from .servers import RedisServer, TLSRedisServer
 
 pytestmark = pytest.mark.anyio
@@ -216,7 +216,7 @@ async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisS
     on the wire: no orphan lock after any of them, and (checked by the suite) no task left pending."""
     rng = random.Random(20261202)
     admin = client_for(redis_server.port, decode_responses=True)
-    async with DelayProxy(redis_server.port, delay=0.001) as proxy:
+    async with FaultProxy(redis_server.port, delay=0.001) as proxy:
         client = client_for(proxy.port)
         locker = RedisLocker(client, Options(ttl=30, max_retries=1000, retry_delay=0.005), namespace="cancel")
         holder_locker = RedisLocker(client, namespace="cancel")
@@ -428,3 +428,57 @@ async def test_a_certificate_from_an_unknown_authority_is_refused(tls_redis: TLS
     async with from_url(url) as locker:
         with pytest.raises(BackendError, match="certificate"):
             await locker.obtain("k")
+
+
+# --- replicas ----------------------------------------------------------------------------------------
+
+
+async def test_the_replicas_option_releases_a_lock_that_no_replica_has() -> None:
+    """With replication cut, a lock on the master alone would be lost by a failover: with ``replicas=1``
+    the obtain releases it and raises instead; without the option it succeeds (what the docs warn of)."""
+    master = RedisServer("--repl-diskless-sync-delay", "0")  # sync the replica at once, not after 5 s
+    master.start()
+    replica: RedisServer | None = None
+    admin = client_for(master.port)
+    try:
+        async with FaultProxy(master.port) as link:
+            replica = RedisServer("--replicaof", "127.0.0.1", str(link.port))
+            replica.start()
+            replica_admin = client_for(replica.port)
+            with anyio.fail_after(20):
+                while (await replica_admin.info("replication"))["master_link_status"] != "up":  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)  # the replica's full sync: no event to await
+            await replica_admin.aclose()
+            async with (
+                RedisLocker.from_url(master.url, replicas=1, replica_timeout=0.2) as careful,
+                RedisLocker.from_url(master.url) as plain,
+            ):
+                lock = await careful.obtain("k")
+                await lock.release()
+
+                link.blackhole()
+                with pytest.raises(BackendError, match="reached 0 of 1 replicas"):
+                    await careful.obtain("k")
+                assert await admin.exists("distlock:{k}") == 0, "the unreplicated lock was not released"
+
+                unsafe = await plain.obtain("k")
+                await unsafe.release()
+                link.heal()
+    finally:
+        await admin.aclose()
+        if replica is not None:
+            replica.cleanup()
+        master.cleanup()
+
+
+async def test_bad_replica_settings_are_refused_with_their_names() -> None:
+    client = redis.asyncio.Redis()
+    with pytest.raises(TypeError, match="replicas"):
+        RedisLocker(client, replicas=True)
+    with pytest.raises(ValueError, match="replicas"):
+        RedisLocker(client, replicas=-1)
+    with pytest.raises(ValueError, match="replica_timeout"):
+        RedisLocker(client, replicas=1, replica_timeout=0)
+    with pytest.raises(ValueError, match="replicas"):
+        RedisLocker.from_url("redis://localhost", replicas=-1)
+    await client.aclose()

@@ -14,6 +14,7 @@ from .._core._locker import LockerBase
 from .._core._signal import Signal
 from .._errors import BackendError
 from .._options import Options
+from .._validate import check_seconds
 from ._redis_io import CLIENT_ERRORS, Mux, NotSent, Subscriber
 
 __all__ = ["RedisLocker"]
@@ -160,6 +161,12 @@ class _RedisContender:
             self._uncertain = True
             raise
         if int(reply[0]) == 1:
+            if self._driver.replicas:
+                try:
+                    await self._driver.replicated(keys.lock)
+                except BaseException:
+                    self._uncertain = True  # close() releases the lock we just took
+                    raise
             return Granted(int(reply[1]))
         pttl = int(reply[1])
         return Busy(pttl / 1000 if pttl >= 0 else None)
@@ -201,10 +208,14 @@ class _RedisContender:
 
 
 class _RedisDriver:
-    def __init__(self, client: Any, namespace: str, *, owned: bool) -> None:
+    def __init__(
+        self, client: Any, namespace: str, *, owned: bool, replicas: int = 0, replica_timeout: float = 0.5
+    ) -> None:
         self.client = client
         self.namespace = namespace
         self.owned = owned
+        self.replicas = replicas
+        self.replica_timeout = replica_timeout
         self.cluster = isinstance(client, redis.asyncio.RedisCluster)
         kwargs = client.nodes_manager.connection_kwargs if self.cluster else client.connection_pool.connection_kwargs
         self.deadline = float(kwargs.get("socket_timeout") or DEFAULT_DEADLINE)
@@ -221,6 +232,19 @@ class _RedisDriver:
         cls, kwargs = _settings(self.client.get_default_node() if self.cluster else self.client.connection_pool)
         pool = redis.asyncio.ConnectionPool(connection_class=cls, max_connections=1, **_untimed(kwargs))
         return redis.asyncio.Redis(connection_pool=pool)
+
+    async def replicated(self, lock_key: str) -> None:
+        """Wait until ``replicas`` replicas have what this connection wrote; ``BackendError`` if they don't."""
+        mux = self._mux(lock_key)
+        try:
+            acks = int(await mux.call("WAIT", self.replicas, _ms(self.replica_timeout)))
+        except redis.exceptions.ResponseError as exc:
+            raise BackendError(f"redis answered an error to WAIT: {exc}") from exc
+        if acks < self.replicas:
+            raise BackendError(
+                f"{lock_key!r} reached {acks} of {self.replicas} replicas within {self.replica_timeout:g} s; "
+                "the lock was released, since a failover could lose it"
+            )
 
     def contender(self, key: str, token: str, ttl: float) -> _RedisContender:
         return _RedisContender(self, key, token, ttl)
@@ -308,6 +332,14 @@ class _RedisDriver:
                 logger.debug("closing the Redis client failed: %r", exc)
 
 
+def _check_replicas(replicas: object, replica_timeout: object) -> float:
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise TypeError(f"replicas must be an int, not {type(replicas).__name__}")
+    if replicas < 0:
+        raise ValueError(f"replicas must be >= 0, got {replicas}")
+    return check_seconds("replica_timeout", replica_timeout)
+
+
 class RedisLocker(LockerBase):
     """Locks in Redis: standalone, Sentinel-managed or Cluster.
 
@@ -327,16 +359,39 @@ class RedisLocker(LockerBase):
             ``redis.asyncio.RedisCluster``. The locker never closes it.
         options: defaults for every lock of this locker.
         namespace: prefix of every key the locker writes.
+        replicas: after taking a lock, wait until this many replicas have it (Redis ``WAIT``), or release it
+            and raise :class:`~distlock_async.BackendError`: a failover then cannot promote a replica
+            that never saw the lock. ``0`` (the default) does not wait. Costs one more round trip per
+            obtain.
+        replica_timeout: seconds ``WAIT`` waits for the replicas, at most; it holds up the locker's
+            other commands meanwhile, so keep it well below the TTLs you use.
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``namespace`` is empty.
+        ValueError: ``namespace`` is empty, ``replicas`` negative, ``replica_timeout`` not positive.
     """
 
-    def __init__(self, client: Any, options: Options | None = None, *, namespace: str = "distlock") -> None:
-        self._init(client, options, namespace, owned=False)
+    def __init__(
+        self,
+        client: Any,
+        options: Options | None = None,
+        *,
+        namespace: str = "distlock",
+        replicas: int = 0,
+        replica_timeout: float = 0.5,
+    ) -> None:
+        self._init(client, options, namespace, replicas, replica_timeout, owned=False)
 
-    def _init(self, client: Any, options: Options | None, namespace: str, *, owned: bool) -> None:
+    def _init(
+        self,
+        client: Any,
+        options: Options | None,
+        namespace: str,
+        replicas: int,
+        replica_timeout: float,
+        *,
+        owned: bool,
+    ) -> None:
         if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
             raise TypeError(
                 f"client must be a redis.asyncio.Redis or redis.asyncio.RedisCluster, not {type(client).__name__}"
@@ -347,11 +402,20 @@ class RedisLocker(LockerBase):
             raise ValueError("namespace must not be empty")
         if "{" in namespace or "}" in namespace:
             raise ValueError(f"namespace must not contain braces (they pick the Cluster hash slot), got {namespace!r}")
-        self._driver_ = _RedisDriver(client, namespace, owned=owned)
+        replica_timeout = _check_replicas(replicas, replica_timeout)
+        self._driver_ = _RedisDriver(client, namespace, owned=owned, replicas=replicas, replica_timeout=replica_timeout)
         super().__init__(self._driver_, options)
 
     @classmethod
-    def from_url(cls, url: str, options: Options | None = None, *, namespace: str = "distlock") -> RedisLocker:
+    def from_url(
+        cls,
+        url: str,
+        options: Options | None = None,
+        *,
+        namespace: str = "distlock",
+        replicas: int = 0,
+        replica_timeout: float = 0.5,
+    ) -> RedisLocker:
         """A locker over a client made from ``url``, which the locker owns and closes.
 
         Takes what ``redis.asyncio.from_url`` takes: ``redis://``, ``rediss://`` (TLS), ``unix://``,
@@ -363,12 +427,13 @@ class RedisLocker(LockerBase):
         """
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
+        _check_replicas(replicas, replica_timeout)  # before a client exists that would need closing
         try:
             client = redis.asyncio.from_url(url)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"not a Redis URL: {url!r} ({exc})") from exc
         self = cls.__new__(cls)
-        self._init(client, options, namespace, owned=True)
+        self._init(client, options, namespace, replicas, replica_timeout, owned=True)
         return self
 
     @property
