@@ -482,3 +482,36 @@ async def test_bad_replica_settings_are_refused_with_their_names() -> None:
     with pytest.raises(ValueError, match="replicas"):
         RedisLocker.from_url("redis://localhost", replicas=-1)
     await client.aclose()
+
+
+# --- the network between the locker and the server --------------------------------------------------
+
+
+async def test_a_blackholed_connection_fails_within_the_deadline_and_the_locker_recovers(
+    redis_server: RedisServer,
+) -> None:
+    async with FaultProxy(redis_server.port) as link:
+        client = client_for(link.port, socket_timeout=0.3, socket_connect_timeout=0.3)
+        async with RedisLocker(client, namespace="blackhole") as locker:
+            lock = await locker.obtain("k")
+            link.blackhole()
+            with anyio.fail_after(5), pytest.raises(BackendError, match=r"no reply within 0\.3 s"):
+                await lock.refresh()
+            link.heal()
+            # The silent connection was dropped; the next command reconnects, and the lock is still ours.
+            await lock.release()
+        await client.aclose()
+
+
+async def test_a_cut_connection_fails_at_once_and_the_locker_reconnects(redis_server: RedisServer) -> None:
+    async with FaultProxy(redis_server.port) as link:
+        client = client_for(link.port, socket_timeout=5, socket_connect_timeout=5)
+        async with RedisLocker(client, namespace="cut") as locker:
+            lock = await locker.obtain("k")
+            link.cut()
+            with anyio.fail_after(2), pytest.raises(BackendError):  # a reset, not the 5 s deadline
+                await lock.refresh()
+            link.heal()
+            await lock.refresh()
+            await lock.release()
+        await client.aclose()
