@@ -399,6 +399,7 @@ class _Board:
         self.last_holder: str | None = None
         self.waiting: list[str] = []
         self.handoffs = 0
+        self.last = ""
         self.drawn = 0
 
     def now(self) -> float:
@@ -441,13 +442,14 @@ class _Board:
 
     def _event(self, name: str, event: str, fencing: str = "", waited: str = "", note: str = "") -> None:
         if self.live:
-            self._draw(f"{name} {event} {note}".rstrip())
+            self.last = f"{name} {event} {note}".rstrip()
+            self.draw()
             return
         holder = self.holder or "-"
         line = f"{self.now():8.3f}  {name:<6}  {event:<9}  {fencing:>7}  {waited:>9}  {holder:<6}  "
         self.out.write(f"{line}{' '.join(self.waiting) or '-'}  {note}".rstrip() + "\n")
 
-    def _draw(self, last: str) -> None:
+    def draw(self) -> None:
         lines = [f"{'worker':<6}  {'state':<8}  {'for':>8}  {'sections':>8}  {'mean wait':>10}  {'max wait':>10}"]
         now = self.now()
         for name, stats in self.stats.items():
@@ -458,7 +460,7 @@ class _Board:
                 f"{stats.acquisitions:>8}  {mean:>10}  {worst:>10}"
             )
         lines.append(f"holder: {self.holder or '-'}   waiting: {' '.join(self.waiting) or '-'}")
-        lines.append(f"hand-offs: {self.handoffs}   last event at {now:.3f}s: {last}")
+        lines.append(f"hand-offs: {self.handoffs}   last: {self.last}")
         # Back to the top of the previous drawing, then over it line by line.
         up = f"\x1b[{self.drawn}F" if self.drawn else ""
         self.out.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
@@ -491,10 +493,19 @@ async def _demo(url: str, workers: int, rounds: int, hold: float, key: str, out:
                 board.released(name, more=round_ + 1 < rounds)
             await anyio.sleep(hold / 2)  # work outside the lock, so that the others get their turn
 
+    async def ticker() -> None:
+        while True:  # the "for" column counts up between events too
+            await anyio.sleep(0.2)
+            board.draw()
+
     try:
         async with locker, anyio.create_task_group() as tg:
-            for name in board.stats:
-                tg.start_soon(worker, name)
+            if live:
+                tg.start_soon(ticker)
+            async with anyio.create_task_group() as workers_tg:
+                for name in board.stats:
+                    workers_tg.start_soon(worker, name)
+            tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Every worker fails the same way when the backend is down: report the first failure.
         raise _first(group) from None

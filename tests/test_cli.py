@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -45,6 +47,29 @@ def test_demo_shows_workers_taking_turns_with_rising_fencing_tokens() -> None:
     events = re.findall(r"^\s*[\d.]+\s+(w\d)\s+(acquired|released)", result.stdout, re.MULTILINE)
     assert [e for _, e in events] == ["acquired", "released"] * 6
     assert all(events[i][0] == events[i + 1][0] for i in range(0, len(events), 2))
+
+
+def test_demo_on_a_terminal_redraws_a_live_table() -> None:
+    controller, terminal = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "distlock_async", "demo", "--workers", "2", "--rounds", "2", "--hold", "0.02"],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "error", "TERM": "xterm"},
+    ) as proc:
+        os.close(terminal)
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the demo has exited and closed the terminal
+            while chunk := os.read(controller, 65536):
+                output += chunk
+        os.close(controller)
+        assert proc.wait(timeout=60) == 0
+    text = output.decode()
+    assert "\x1b[5F" in text, "the table (a header, 2 workers, 2 lines of totals) is redrawn over itself"
+    assert "holder: w" in text
+    assert re.search(r"^\d+ hand-offs", text, re.MULTILINE)
+    assert text.rstrip().endswith("fencing tokens rose with each.")
 
 
 def test_unavailable_backend_scheme_exits_with_usage_error() -> None:
