@@ -346,7 +346,7 @@ async def _run(args: argparse.Namespace, err: TextIO) -> int:
             try:
                 return await _hold(runner, lock, cmd, args.grace)
             finally:
-                await _release(lock, err)
+                await _release(lock, err, lost_reported=runner.lost.is_set())
     except asyncio.CancelledError:
         if runner.interrupted is None:
             raise
@@ -372,11 +372,13 @@ async def _hold(runner: _Runner, lock: Lock, cmd: list[str], grace: float) -> in
     return await runner.supervise(lock.key, proc, grace)
 
 
-async def _release(lock: Lock, err: TextIO) -> None:
+async def _release(lock: Lock, err: TextIO, *, lost_reported: bool) -> None:
     try:
         await lock.release()
     except LockNotHeldError:
-        pass  # lost: reported already if it was noticed while the command ran
+        if not lost_reported:
+            # Lost after the last refresh; the command had finished by the time it could be noticed.
+            err.write(f"distlock: lock {lock.key!r} was no longer held when the command exited\n")
     except BackendError as exc:
         err.write(f"distlock: could not release lock {lock.key!r} ({exc}); it expires with its TTL\n")
 

@@ -228,6 +228,26 @@ def test_run_exits_with_3_without_running_the_command_when_the_lock_is_held(
     assert admin.get(lock_key(key)) == b"someone-else"
 
 
+def test_a_signal_while_waiting_for_the_lock_ends_the_wait_without_running_the_command(
+    redis_server: RedisServer, admin: redis.Redis, key: str, tmp_path: Path
+) -> None:
+    admin.set(lock_key(key), "someone-else", px=60_000)
+    marker = tmp_path / "ran"
+    proc = start(redis_server.url, "run", "--wait", "60", key, "--", "touch", str(marker))
+    deadline = time.monotonic() + 30
+    # Subscribed to the lock's release channel: it waits, with its signal handlers in place.
+    while admin.pubsub_numsub(lock_key(key))[0][1] == 0:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "distlock run never started waiting"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert not marker.exists()
+    assert admin.get(lock_key(key)) == b"someone-else"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signals_are_passed_to_the_command_and_the_lock_released_after_it(
     redis_server: RedisServer, admin: redis.Redis, key: str, tmp_path: Path, sig: signal.Signals
@@ -275,6 +295,13 @@ def test_a_missing_command_exits_with_127_without_taking_the_lock(
     assert result.returncode == 127
     assert "command not found: no-such-command-anywhere" in result.stderr
     assert admin.exists(lock_key(key)) == 0
+
+
+def test_status_against_a_dead_server_exits_with_backend_unavailable() -> None:
+    result = run("--url", f"redis://127.0.0.1:{free_port()}/0?socket_timeout=1", "status", "k")
+    assert result.returncode == 4, result.stderr
+    assert "backend unavailable" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("command", [["run", "k", "--", "true"], ["status", "k"]], ids=["run", "status"])
