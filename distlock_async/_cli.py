@@ -98,13 +98,17 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         parents=[url],
         help="run a command while holding a lock",
-        description="Obtain KEY, run CMD while refreshing the lock, release it when CMD exits. SIGINT and "
-        "SIGTERM are passed on to CMD. If the lock is lost, CMD gets SIGTERM, then SIGKILL after --grace "
-        "seconds, and distlock exits with 5.",
+        usage="distlock run [options] KEY -- CMD [ARG ...]",
+        description="Obtain KEY, run CMD while refreshing the lock, release the lock when CMD exits.\n"
+        "SIGINT and SIGTERM are passed on to CMD. If the lock is lost, CMD gets SIGTERM, then\n"
+        "SIGKILL after --grace seconds, and distlock exits with 5. CMD finds its lock's key and\n"
+        "fencing token in $DISTLOCK_KEY and $DISTLOCK_FENCING_TOKEN.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--ttl", type=_positive_seconds, default=30.0, help="lock TTL in seconds (default 30)")
+    run.add_argument(
+        "--ttl", type=_positive_seconds, default=30.0, metavar="SECONDS", help="lock TTL in seconds (default 30)"
+    )
     run.add_argument(
         "--refresh",
         type=_positive_seconds,
