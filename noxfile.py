@@ -60,6 +60,17 @@ def tests_all(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks against the peers (minutes); rewrites docs/benchmarks.md's table and chart.
+
+    ``nox -s bench -- --quick`` is a smoke run of a few seconds per scenario.
+    """
+    _ensure_servers(session)
+    _install(session, "bench")
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     _install(session, "lint", project=False)

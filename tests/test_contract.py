@@ -256,6 +256,25 @@ async def test_lock_cancels_its_body_and_raises_lock_lost_when_the_lock_is_lost(
     assert isinstance(info.value.__cause__, LockNotHeldError)
 
 
+async def test_lock_lost_before_the_refresher_noticed_raises_lock_lost_on_exit(backend: Backend) -> None:
+    # The body finishes before the refresher runs again (a stolen key, or a process paused past its TTL):
+    # leaving the block finds the lock gone, which is a loss too, not a plain "not held".
+    locker = backend.locker(Options(ttl=backend.short_ttl))
+    with pytest.raises(LockLostError, match="k") as info:
+        async with locker.lock("k"):
+            await backend.steal("k")
+    assert isinstance(info.value.__cause__, LockNotHeldError)
+    await assert_free(backend, "k")
+
+
+async def test_lock_body_that_released_the_lock_itself_gets_lock_not_held_on_exit(backend: Backend) -> None:
+    locker = backend.locker()
+    with pytest.raises(LockNotHeldError) as info:
+        async with locker.lock("k") as lock:
+            await lock.release()
+    assert not isinstance(info.value, LockLostError)
+
+
 async def test_lock_body_exception_propagates_and_the_lock_is_released(backend: Backend) -> None:
     locker = backend.locker()
     with pytest.raises(ZeroDivisionError):

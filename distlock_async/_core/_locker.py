@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import anyio
 
-from .._errors import LockLostError, NotObtainedError
+from .._errors import LockLostError, LockNotHeldError, NotObtainedError
 from .._options import Options
 from .._validate import check_count, check_key, check_seconds
 from ._driver import Contender, Driver, Granted, Inspector, KeyState
@@ -242,7 +242,14 @@ class LockContext:
         if exc is not None and not swallowed:
             await self._release_quietly()
             return False
-        await self._lock.release()
+        if self._lock._released:
+            await self._lock.release()  # the body released it itself: LockNotHeldError, as SPEC says
+        try:
+            await self._lock.release()
+        except LockNotHeldError as not_held:
+            # Not released by the body, yet no longer ours: it was lost while the body ran, before the
+            # refresher noticed (the body finished first, say right after a long pause of the process).
+            raise LockLostError(self._key) from not_held
         return bool(swallowed)
 
     async def _release_quietly(self) -> None:

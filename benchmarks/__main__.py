@@ -1,0 +1,174 @@
+"""``python -m benchmarks`` (``nox -s bench``): every scenario, every adapter, one run, one machine.
+
+It starts its own servers on free loopback ports, interleaves the adapters in rounds (rotating their
+order, so none always runs first or last), and reports per scenario the median over rounds of each
+adapter's ratio to the raw lower bound measured in the same round. Results go to
+``benchmarks/results/latest.json``, the table between the markers of ``docs/benchmarks.md`` and the
+chart ``docs/img/benchmarks.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.servers import RedisServer
+
+from . import report
+from .adapters import Adapter, redis_adapters
+from .scenarios import contended, redis_wire_cost, uncontended
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _machine(redis_url: str) -> dict[str, Any]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        redis_version = client.info("server")["redis_version"]
+    finally:
+        client.close()
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": platform.platform(terse=True),
+        "redis": redis_version,
+        "packages": {
+            dist: _version(dist)
+            for dist in ("distlock_async", "redis", "hiredis", "python-redis-lock", "pottery", "aioredlock")
+        },
+    }
+
+
+def _rotated(items: list[Adapter], round_no: int) -> list[Adapter]:
+    k = round_no % len(items)
+    return items[k:] + items[:k]
+
+
+def _median_ratio(per_round: dict[str, list[float]], name: str, raw: str = "raw") -> float:
+    return statistics.median(a / b for a, b in zip(per_round[name], per_round[raw], strict=True))
+
+
+async def _redis(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    adapters = redis_adapters(url)
+    skipped = {a.name: a.unavailable for a in adapters if a.unavailable}
+    adapters = [a for a in adapters if not a.unavailable]
+    for adapter in adapters:
+        await adapter.setup()
+    out: dict[str, Any] = {"skipped": skipped}
+    try:
+        for label, tasks in (("A", 1), ("B", 64)):
+            rates: dict[str, list[float]] = defaultdict(list)
+            cpu: dict[str, list[float]] = defaultdict(list)
+            for r in range(args.rounds):
+                for adapter in _rotated(adapters, r):
+                    result = await uncontended(adapter, tasks=tasks, seconds=args.seconds)
+                    rates[adapter.name].append(result.per_second)
+                    cpu[adapter.name].append(result.cpu_us_per_cycle)
+                print(f"redis {label} round {r + 1}: " + ", ".join(f"{n} {v[-1]:.0f}/s" for n, v in rates.items()))
+            out[label] = {
+                name: {
+                    "cycles_per_s": statistics.median(rates[name]),
+                    "cpu_us_per_cycle": statistics.median(cpu[name]),
+                    "ratio_to_raw": _median_ratio(rates, name),
+                    "rounds": rates[name],
+                }
+                for name in rates
+            }
+        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in range(args.contended_rounds):
+            for adapter in _rotated(adapters, r):
+                runs[adapter.name].append((await contended(adapter, seconds=args.contended_seconds)).summary())
+            print(
+                f"redis C round {r + 1}: "
+                + ", ".join(f"{n} {v[-1]['handoffs_per_s']:.0f} hand-offs/s" for n, v in runs.items())
+            )
+        out["C"] = {name: _median_contention(results) for name, results in runs.items()}
+        out["D"] = {adapter.name: await redis_wire_cost(adapter, url) for adapter in adapters}
+    finally:
+        for adapter in adapters:
+            await adapter.aclose()
+    return out
+
+
+def _median_contention(results: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, v in results[0].items() if isinstance(v, int | float)]
+    merged: dict[str, Any] = {k: statistics.median(r[k] for r in results) for k in keys}
+    merged["violations"] = sum(r["violations"] for r in results)
+    merged["per_task"] = [r["per_task"] for r in results]
+    return merged
+
+
+def _scale(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.scale", url, "--waiters", str(args.waiters), "--keys", str(args.keys)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    result: dict[str, Any] = json.loads(done.stdout)
+    print(f"redis E: {result}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of scenarios A and B (default 5)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="seconds per adapter per round in A and B")
+    parser.add_argument("--contended-rounds", type=int, default=3, help="rounds of scenario C (default 3)")
+    parser.add_argument("--contended-seconds", type=float, default=3.0, help="seconds per adapter per round in C")
+    parser.add_argument("--waiters", type=int, default=10_000, help="scenario E's waiting tasks")
+    parser.add_argument("--keys", type=int, default=1_000, help="scenario E's keys")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one short round of everything")
+    parser.add_argument("--no-docs", action="store_true", help="write the JSON only, not the docs page and chart")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.contended_rounds, args.contended_seconds = 1, 0.3, 1, 0.5
+        args.waiters, args.keys = 1_000, 100
+
+    server = RedisServer()
+    server.start()
+    try:
+        results: dict[str, Any] = {"machine": _machine(server.url), "settings": vars(args)}
+        results["redis"] = asyncio.run(_redis(server.url, args))
+        results["redis"]["E"] = _scale(server.url, args)
+    finally:
+        server.cleanup()
+
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(report.markdown(results))
+    if not args.no_docs:
+        report.write_docs(results, ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "img" / "benchmarks.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Every lock the benchmark measures, behind one small interface.
+
+An adapter takes a lock by name (waiting as long as it takes, the way its users wait) and releases it.
+Each one is used the way its own documentation shows: defaults kept except the TTL, which is the same
+10 s for all, and the retry budget, raised where the default would give up inside a scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+import redis
+import redis.asyncio
+
+from distlock_async import Options, RedisLocker
+
+TTL = 10.0
+
+
+class Adapter:
+    """A lock implementation as the scenarios see it."""
+
+    #: Shown in tables; ``raw`` is the lower bound every ratio is taken against.
+    name: ClassVar[str]
+    backend: ClassVar[str]
+    #: Why it is not measured on this machine, if it is not.
+    unavailable: str | None = None
+
+    async def setup(self) -> None:
+        """Connect; called once, outside any timing."""
+
+    async def acquire(self, key: str) -> Any:
+        """Take ``key``'s lock, waiting until it is free; return what ``release`` needs."""
+        raise NotImplementedError
+
+    async def release(self, handle: Any) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Disconnect."""
+
+
+# --- Redis ------------------------------------------------------------------------------------------
+
+_COMPARE_AND_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisRaw(Adapter):
+    """The lower bound: ``SET k t NX PX`` and an ``EVALSHA`` compare-and-delete, on one client.
+
+    It waits by polling every millisecond, which no library would ship (it costs a command per
+    millisecond per waiter) but which no wake-up mechanism can beat by much.
+    """
+
+    name = "raw"
+    backend = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def setup(self) -> None:
+        self.client = redis.asyncio.Redis.from_url(self.url)
+        self.sha = await self.client.script_load(_COMPARE_AND_DELETE)
+
+    async def acquire(self, key: str) -> Any:
+        token = secrets.token_hex(16)
+        while not await self.client.set(f"raw:{key}", token, nx=True, px=int(TTL * 1000)):  # noqa: ASYNC110
+            await asyncio.sleep(0.001)  # polling is the point: the bound without any wake-up mechanism
+        return key, token
+
+    async def release(self, handle: Any) -> None:
+        key, token = handle
+        await self.client.evalsha(self.sha, 1, f"raw:{key}", token)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class RedisOurs(Adapter):
+    name = "distlock_async"
+    backend = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def setup(self) -> None:
+        # A generous budget: scenario C's waiters must not give up; wake-ups do the waiting.
+        self.locker = RedisLocker.from_url(self.url, Options(ttl=TTL, max_retries=100_000))
+
+    async def acquire(self, key: str) -> Any:
+        return await self.locker.obtain(key)
+
+    async def release(self, handle: Any) -> None:
+        await handle.release()
+
+    async def aclose(self) -> None:
+        await self.locker.aclose()
+
+
+class RedisPy(Adapter):
+    """redis-py's ``redis.asyncio.lock.Lock``: ``SET NX PX``, polls every 0.1 s while waiting."""
+
+    name = "redis-py Lock"
+    backend = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def setup(self) -> None:
+        self.client = redis.asyncio.Redis.from_url(self.url)
+
+    async def acquire(self, key: str) -> Any:
+        lock = self.client.lock(f"redis-py:{key}", timeout=TTL)
+        await lock.acquire()
+        return lock
+
+    async def release(self, handle: Any) -> None:
+        await handle.release()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class PythonRedisLock(Adapter):
+    """python-redis-lock: synchronous, so each call runs in a worker thread, as an asyncio user would."""
+
+    name = "python-redis-lock"
+    backend = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            import redis_lock
+        except ImportError as exc:  # pragma: no cover - depends on the bench environment
+            self.unavailable = f"does not import: {exc}"
+        else:
+            self.module = redis_lock
+
+    async def setup(self) -> None:
+        self.client = redis.Redis.from_url(self.url, max_connections=256)
+        # A waiter blocks its thread in BLPOP: with the default executor's few threads (6 on 2 cores)
+        # the holders could not run their release. A pool as large as the scenarios' task count.
+        self.pool = ThreadPoolExecutor(max_workers=128, thread_name_prefix="python-redis-lock")
+
+    async def _call(self, fn: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
+
+    async def acquire(self, key: str) -> Any:
+        lock = self.module.Lock(self.client, key, expire=int(TTL))
+        await self._call(lock.acquire)
+        return lock
+
+    async def release(self, handle: Any) -> None:
+        await self._call(handle.release)
+
+    async def aclose(self) -> None:
+        self.pool.shutdown()
+        self.client.close()
+
+
+class Pottery(Adapter):
+    """pottery's ``AIORedlock`` with one master; polls at random 0-0.2 s intervals while waiting."""
+
+    name = "pottery AIORedlock"
+    backend = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            from pottery import AIORedlock
+        except ImportError as exc:  # pragma: no cover
+            self.unavailable = f"does not import: {exc}"
+        else:
+            self.cls = AIORedlock
+
+    async def setup(self) -> None:
+        self.client = redis.asyncio.Redis.from_url(self.url)
+
+    async def acquire(self, key: str) -> Any:
+        lock = self.cls(key=key, masters={self.client}, auto_release_time=TTL)
+        await lock.acquire()
+        return lock
+
+    async def release(self, handle: Any) -> None:
+        await handle.release()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class Aioredlock(Adapter):
+    """aioredlock (over aioredis 1.3): three tries 0.1-0.3 s apart, so waiting means trying again."""
+
+    name = "aioredlock"
+    backend = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            import aioredlock
+        except Exception as exc:  # pragma: no cover - aioredis 1.x breaks on some Pythons
+            self.unavailable = f"does not import: {exc!r}"
+        else:
+            self.module = aioredlock
+
+    async def setup(self) -> None:
+        kwargs = redis.asyncio.ConnectionPool.from_url(self.url).connection_kwargs
+        self.manager = self.module.Aioredlock([{"host": kwargs["host"], "port": kwargs["port"]}])
+
+    async def acquire(self, key: str) -> Any:
+        while True:
+            try:
+                return await self.manager.lock(key, lock_timeout=TTL)
+            except self.module.LockError:
+                continue
+
+    async def release(self, handle: Any) -> None:
+        await self.manager.unlock(handle)
+
+    async def aclose(self) -> None:
+        await self.manager.destroy()
+
+
+def redis_adapters(url: str) -> list[Adapter]:
+    return [RedisRaw(url), RedisOurs(url), RedisPy(url), PythonRedisLock(url), Pottery(url), Aioredlock(url)]
+
+
+__all__ = ["TTL", "Adapter", "redis_adapters"]

@@ -1,0 +1,194 @@
+"""Turn a run's results into markdown tables, the docs page section and a chart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+OURS = "distlock_async"
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    return [_row(*header), _row(*["---"] * len(header)), *(_row(*r) for r in rows)]
+
+
+def _ok(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def _targets(backend: str, data: dict[str, Any]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    if backend != "redis":
+        return rows
+    a, b, c, d, e = (data.get(k, {}) for k in "ABCDE")
+    if OURS in a:
+        rows.append(
+            ["A", ">= 0.90x raw cycles/s", f"{a[OURS]['ratio_to_raw']:.2f}x", _ok(a[OURS]["ratio_to_raw"] >= 0.9)]
+        )
+    if OURS in b:
+        rows.append(
+            ["B", ">= 0.90x raw cycles/s", f"{b[OURS]['ratio_to_raw']:.2f}x", _ok(b[OURS]["ratio_to_raw"] >= 0.9)]
+        )
+    if OURS in c:
+        ours = c[OURS]
+        prl = c.get("python-redis-lock")
+        if prl:
+            ratio = ours["handoffs_per_s"] / max(prl["handoffs_per_s"], 1e-9)
+            rows.append(["C", "hand-offs >= 0.9x python-redis-lock's", f"{ratio:.2f}x", _ok(ratio >= 0.9)])
+        rows.append(["C", "wait p99 <= 50 ms", f"{ours['wait_p99_ms']:.1f} ms", _ok(ours["wait_p99_ms"] <= 50)])
+        rows.append(["C", "per-task min/max >= 0.7", f"{ours['min_over_max']:.2f}", _ok(ours["min_over_max"] >= 0.7)])
+        rows.append(["C", "0 violations", ours["violations"], _ok(ours["violations"] == 0)])
+    if OURS in d:
+        per, idle = d[OURS]["commands_per_cycle"], d[OURS]["commands_while_idle"]
+        rows.append(
+            ["D", "2 commands per cycle, 0 while idle", f"{per:.2f}; {idle:.1f}/s", _ok(per == 2 and idle == 0)]
+        )
+    if e:
+        ok = e["served"] == e["waiters"] and e["subscriptions_left"] == 0 and e["lock_keys_left"] == 0
+        rows.append(
+            [
+                "E",
+                "all served; connections <= pool + 1; nothing left",
+                f"{e['served']}/{e['waiters']} served, {e['peak_connections']} connections, "
+                f"{e['subscriptions_left']} subscriptions and {e['lock_keys_left']} keys left",
+                _ok(ok and e["peak_connections"] <= 2),
+            ]
+        )
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    pkgs = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    lines = [
+        f"Run of {m['date']} on {m['cpu']} ({m['cores']} cores), {m['os']}, Python {m['python']}; "
+        f"Redis {m['redis']}; {pkgs}.",
+        "",
+    ]
+    for backend in ("redis", "etcd"):
+        data = results.get(backend)
+        if not data:
+            continue
+        title = "Redis" if backend == "redis" else "etcd"
+        lines += [f"### {title}", ""]
+        targets = _targets(backend, data)
+        if targets:
+            lines += ["Targets:", "", *_table(["scenario", "target", "measured", ""], targets), ""]
+        a, b = data.get("A", {}), data.get("B", {})
+        lines += [
+            "A (one task, uncontended) and B (64 tasks, distinct keys): obtain + release cycles per second, "
+            "median over rounds of the ratio to raw in the same round.",
+            "",
+            *_table(
+                ["lock", "A cycles/s", "A vs raw", "A client CPU µs/cycle", "B cycles/s", "B vs raw"],
+                [
+                    [
+                        name,
+                        f"{a[name]['cycles_per_s']:.0f}",
+                        f"{a[name]['ratio_to_raw']:.2f}x",
+                        f"{a[name]['cpu_us_per_cycle']:.0f}",
+                        f"{b[name]['cycles_per_s']:.0f}" if name in b else "",
+                        f"{b[name]['ratio_to_raw']:.2f}x" if name in b else "",
+                    ]
+                    for name in a
+                ],
+            ),
+            "",
+        ]
+        c = data.get("C", {})
+        if c:
+            lines += [
+                "C (8 tasks on one key, hold 1 ms, contend again): medians over rounds; violations summed.",
+                "",
+                *_table(
+                    ["lock", "acq/s", "hand-offs/s", "gap p50/p99 ms", "wait p50/p99 ms", "min/max", "violations"],
+                    [
+                        [
+                            name,
+                            f"{r['acquisitions_per_s']:.0f}",
+                            f"{r['handoffs_per_s']:.0f}",
+                            f"{r['gap_p50_ms']:.1f} / {r['gap_p99_ms']:.1f}",
+                            f"{r['wait_p50_ms']:.1f} / {r['wait_p99_ms']:.1f}",
+                            f"{r['min_over_max']:.2f}",
+                            r["violations"],
+                        ]
+                        for name, r in c.items()
+                    ],
+                ),
+                "",
+            ]
+        d = data.get("D", {})
+        if d:
+            lines += [
+                "D: commands the server processed per uncontended cycle, and per second while idle.",
+                "",
+                *_table(
+                    ["lock", "commands/cycle", "idle commands/s"],
+                    [[n, f"{r['commands_per_cycle']:.2f}", f"{r['commands_while_idle']:.1f}"] for n, r in d.items()],
+                ),
+                "",
+            ]
+        e = data.get("E")
+        if e:
+            lines += [
+                f"E: {e['waiters']:,} waiting tasks over {e['keys']:,} keys on one locker: {e['served']:,} served in "
+                f"{e['wall_s']:.1f} s; peak {e['peak_connections']} connections to the server; peak RSS "
+                f"{e['peak_rss_mib']:.0f} MiB; {e['subscriptions_left']} subscriptions and {e['lock_keys_left']} "
+                "lock keys left afterwards.",
+                "",
+            ]
+        if data.get("skipped"):
+            lines += [f"Not measured: {', '.join(f'{k} ({v})' for k, v in data['skipped'].items())}.", ""]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = [b for b in ("redis", "etcd") if results.get(b)]
+    fig, axes = plt.subplots(len(backends), 2, figsize=(11, 3.6 * len(backends)), squeeze=False)
+    for row, backend in zip(axes, backends, strict=True):
+        data = results[backend]
+        names = list(data["A"])
+        width = 0.4
+        xs = range(len(names))
+        row[0].bar([x - width / 2 for x in xs], [data["A"][n]["ratio_to_raw"] for n in names], width, label="A: 1 task")
+        row[0].bar(
+            [x + width / 2 for x in xs], [data["B"][n]["ratio_to_raw"] for n in names], width, label="B: 64 tasks"
+        )
+        row[0].axhline(1.0, color="grey", linewidth=0.8)
+        row[0].set_xticks(list(xs), names, rotation=20, ha="right", fontsize=8)
+        row[0].set_ylabel("cycles/s vs raw")
+        row[0].set_title(f"{backend}: uncontended throughput")
+        row[0].legend(fontsize=8)
+        c = data.get("C", {})
+        cn = list(c)
+        row[1].bar(cn, [max(c[n]["wait_p99_ms"], 0.01) for n in cn], color="tab:red")
+        row[1].set_yscale("log")
+        row[1].set_ylabel("wait p99, ms (log)")
+        row[1].set_title(f"{backend}: C, 8 tasks on one key")
+        row[1].tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_docs(results: dict[str, Any], page: Path, image: Path) -> None:
+    """Replace the generated section of the docs page and redraw the chart."""
+    text = page.read_text()
+    body = f"{START}\n{markdown(results)}\n{END}"
+    text, n = re.subn(re.escape(START) + ".*?" + re.escape(END), lambda _: body, text, flags=re.S)
+    if n != 1:
+        raise SystemExit(f"{page}: expected one pair of {START} ... {END} markers")
+    page.write_text(text)
+    chart(results, image)

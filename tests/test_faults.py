@@ -1,0 +1,150 @@
+"""Mutual exclusion under real faults, checked by tests/fencing.py's worker processes and invariants.
+
+Each test states what the fault may cost (an overlap that fencing must catch, a typed error) and what
+it must never cost (a lost update, a token going backwards, a hang, an orphaned lock).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from .fencing import Run, check
+from .servers import RedisServer
+
+TTL = 1.0
+FINISH = 60.0  # seconds every worker gets to finish its sections once the fault has healed
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A Redis of this test's own, since the test kills or pauses it."""
+    extra: tuple[str, ...] = getattr(request, "param", ())
+    srv = RedisServer(*extra)
+    srv.start()
+    yield srv
+    srv.cleanup()
+
+
+def _run(server: RedisServer, tmp_path: Path, **kwargs: object) -> Run:
+    url = server.url + "?socket_timeout=0.5"
+    return Run(url, tmp_path, ttl=TTL, **kwargs)  # type: ignore[arg-type]
+
+
+def _await_holder(run: Run, after_token: int = 0) -> dict[str, Any]:
+    """The worker that holds the lock now (it logged the grant), with a token above ``after_token``."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        holder = run.holder()
+        if holder is not None and int(holder["token"]) > after_token:
+            return holder
+        time.sleep(0.002)  # another process's progress: there is no event to await
+    raise AssertionError(f"no worker obtained the lock: {run.records()[-5:]}")
+
+
+def _assert_no_lock_left(server: RedisServer) -> None:
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert client.exists("distlock:{checked}") == 0, "a lock was left behind"
+    finally:
+        client.close()
+
+
+def test_without_faults_every_section_is_accepted(server: RedisServer, tmp_path: Path) -> None:
+    run = _run(server, tmp_path, workers=3, sections=6)
+    run.start()
+    try:
+        run.wait(FINISH)
+    finally:
+        run.kill()
+    counts = check(run)
+    assert counts["accepted"] == 18, counts
+    assert counts["errors"] == 0, counts
+    _assert_no_lock_left(server)
+
+
+@pytest.mark.parametrize("mode", ["obtain", "lock"])
+def test_holder_paused_past_its_ttl_is_fenced_off(server: RedisServer, tmp_path: Path, mode: str) -> None:
+    """A holder frozen for 2x TTL (a GC pause, a stopped VM) loses the lock to another worker.
+
+    Overlap is possible and expected; the store must refuse the stale holder, and on resuming the
+    holder learns it lost the lock: its release raises ``LockNotHeldError`` (``obtain`` mode), or
+    ``locker.lock()`` cancels its body with ``LockLostError``.
+    """
+    # In lock mode the body goes on working after its write, as real code does: the refresher finds
+    # the lock gone while the body still runs, and cancels it.
+    linger = 0.3 if mode == "lock" else 0.0
+    run = _run(server, tmp_path, workers=3, sections=4, mode=mode, linger=linger)
+    run.start()
+    try:
+        token = 0
+        for _ in range(2):
+            holder = _await_holder(run, token)
+            token, pid = int(holder["token"]), int(holder["pid"])
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(2 * TTL)  # the fault's length, not a wait for something
+            os.kill(pid, signal.SIGCONT)
+        run.wait(FINISH)
+    finally:
+        run.kill()
+    counts = check(run)
+    if mode == "obtain":
+        assert counts["not_held"] >= 2, counts
+    else:
+        assert counts["lost"] >= 2, counts
+    _assert_no_lock_left(server)
+
+
+@pytest.mark.parametrize(
+    "server",
+    [(), ("--appendonly", "yes", "--appendfsync", "always")],
+    ids=["no-persistence", "aof-always"],
+    indirect=True,
+)
+def test_server_killed_and_restarted(server: RedisServer, tmp_path: Path) -> None:
+    """kill -9 and restart: workers get typed errors while it is down and carry on after.
+
+    Without persistence the lock and the fence counter are gone after the restart; tokens must keep
+    increasing anyway (they never fall below the server clock in microseconds), so the store keeps
+    refusing anyone who held the lock before the crash.
+    """
+    run = _run(server, tmp_path, workers=3, sections=6)
+    run.start()
+    try:
+        for _ in range(2):
+            _await_holder(run)
+            server.restart()
+        run.wait(FINISH)
+    finally:
+        run.kill()
+    counts = check(run)
+    assert counts["sections"] >= 18, counts
+    _assert_no_lock_left(server)
+
+
+def test_server_paused_longer_than_ttl(server: RedisServer, tmp_path: Path) -> None:
+    """A frozen server: commands fail with typed errors within the client's deadline, nothing hangs, and
+    nothing is orphaned -- an obtain that timed out queued its undo, which the server runs on waking."""
+    run = _run(server, tmp_path, workers=3, sections=6)
+    run.start()
+    try:
+        _await_holder(run)
+        server.pause()
+        time.sleep(1.5 * TTL)
+        server.resume()
+        run.wait(FINISH)
+    finally:
+        run.kill()
+    counts = check(run)
+    assert counts["errors"] >= 1, counts
+    slowest = max(r.get("error_after_ms", 0) for r in run.records())
+    # The deadline is 0.5 s; redis-py's own retries would take 5 s and more. Loose on purpose.
+    assert slowest < 3000, slowest
+    _assert_no_lock_left(server)
