@@ -1,21 +1,31 @@
 """The ``distlock`` command line (also ``python -m distlock_async``).
 
-Exit codes: 0 success; 2 bad usage (argparse); 3 a lock was not obtained; 4 the backend is unavailable.
+The exit codes are in ``EXIT_CODES`` below, shown by ``--help`` and documented in docs/reference/cli.md;
+the ones that existed before ``run`` and ``status`` (2, 3, 4) keep their meaning.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import logging
+import math
 import os
+import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
-from ._errors import BackendError, NotObtainedError
+from ._core._locker import LockerBase
+from ._errors import BackendError, LockNotHeldError, NotObtainedError
+from ._protocols import Lock
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio requires the backport there
     from exceptiongroup import BaseExceptionGroup
@@ -26,6 +36,32 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_NOT_OBTAINED = 3
 EXIT_BACKEND = 4
+EXIT_LOST = 5
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+#: A command killed by signal N exits with 128 + N, as in a shell.
+EXIT_SIGNAL_BASE = 128
+
+EXIT_CODES = """\
+exit codes:
+  0      success (run: the command exited with 0)
+  2      bad usage: unknown option, bad URL, memory:// for run or status,
+         a backend that cannot show a lock's status
+  3      the lock was not obtained: someone else holds it (run --wait)
+  4      the backend is unavailable
+  5      run: the lock was lost while the command ran, and the command was stopped
+  126    run: the command could not be executed
+  127    run: the command was not found
+  128+N  run: the command was killed by signal N (or distlock was, before it started)
+  other  run: the command's own exit code
+"""
+
+#: Signals that ``distlock run`` passes on to its command instead of dying of them.
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
+
+
+class _UsageError(Exception):
+    """A mistake of the caller that argparse cannot see; exits with ``EXIT_USAGE``."""
 
 
 @dataclass
@@ -38,19 +74,92 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distlock",
         description="Distributed locks for asyncio over Redis and etcd.",
-        epilog="Exit codes: 0 success, 2 bad usage, 3 lock not obtained, 4 backend unavailable.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--url",
         default=os.environ.get("DISTLOCK_URL", "memory://"),
         help="where the locks live (default: $DISTLOCK_URL, else memory://)",
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show the library's warnings (-v) and debug messages (-vv) on stderr",
+    )
+    # ``--url`` is accepted after the command name too; there it overrides the one before it.
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument("--url", default=argparse.SUPPRESS, help="where the locks live (default: $DISTLOCK_URL)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="show several workers contending for one lock")
+
+    run = commands.add_parser(
+        "run",
+        parents=[url],
+        help="run a command while holding a lock",
+        usage="distlock run [options] KEY -- CMD [ARG ...]",
+        description="Obtain KEY, run CMD while refreshing the lock, release the lock when CMD exits.\n"
+        "SIGINT and SIGTERM are passed on to CMD. If the lock is lost, CMD gets SIGTERM, then\n"
+        "SIGKILL after --grace seconds, and distlock exits with 5. CMD finds its lock's key and\n"
+        "fencing token in $DISTLOCK_KEY and $DISTLOCK_FENCING_TOKEN.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--ttl", type=_positive_seconds, default=30.0, metavar="SECONDS", help="lock TTL in seconds (default 30)"
+    )
+    run.add_argument(
+        "--refresh",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between refreshes, below --ttl (default: a third of --ttl)",
+    )
+    run.add_argument(
+        "--wait",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="how long to wait for a lock held by someone else before exiting with 3 (default 0: try once)",
+    )
+    run.add_argument(
+        "--retry-delay",
+        type=_positive_seconds,
+        default=0.1,
+        metavar="SECONDS",
+        help="seconds between attempts while waiting; a release wakes a waiter at once anyway (default 0.1)",
+    )
+    run.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="after the lock is lost: seconds between SIGTERM and SIGKILL to the command (default 10)",
+    )
+    run.add_argument("key", metavar="KEY", help="the lock's key")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
+
+    status = commands.add_parser(
+        "status",
+        parents=[url],
+        help="show whether a lock is held, its remaining TTL and fencing counter",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
+    status.add_argument("key", metavar="KEY", help="the lock's key")
+
+    demo = commands.add_parser("demo", parents=[url], help="show several workers contending for one lock")
     demo.add_argument("--workers", type=_positive_int, default=4, help="contending workers (default 4)")
     demo.add_argument("--rounds", type=_positive_int, default=3, help="sections per worker (default 3)")
     demo.add_argument("--hold", type=float, default=0.05, help="seconds each section holds the lock (default 0.05)")
     demo.add_argument("--key", default="demo", help="the key they contend for (default 'demo')")
+    demo.add_argument(
+        "--plain",
+        action="store_true",
+        help="print the event log even on a terminal (it is the output whenever stdout is not a terminal)",
+    )
     return parser
 
 
@@ -61,42 +170,352 @@ def _positive_int(text: str) -> int:
     return value
 
 
-async def _demo(url: str, workers: int, rounds: int, hold: float, key: str, out: TextIO) -> int:
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _shown(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def _refuse_memory(url: str, command: str) -> None:
+    if url.partition("://")[0].lower() == "memory":
+        raise _UsageError(
+            f"'distlock {command}' needs a lock server: memory:// locks live inside one process, so no other "
+            "process could see or respect them. Pass --url redis://HOST:PORT (or set DISTLOCK_URL)."
+        )
+
+
+# --- status ---------------------------------------------------------------------------------------------
+
+
+async def _status(url: str, key: str, as_json: bool, out: TextIO) -> int:
+    _refuse_memory(url, "status")
+    locker = from_url(url)
+    async with locker:
+        if not isinstance(locker, LockerBase):  # pragma: no cover - every locker of from_url is one
+            raise _UsageError(f"{type(locker).__name__} cannot show a lock's status")
+        try:
+            state = await locker._inspect(key)
+        except NotImplementedError:
+            raise _UsageError(f"the backend of {_shown(url)} cannot show a lock's status yet") from None
+    if as_json:
+        doc = {"key": key, "held": state.held, "ttl": state.ttl, "fencing_counter": state.fencing_counter}
+        out.write(json.dumps(doc) + "\n")
+        return EXIT_OK
+    counter = "no fencing counter kept" if state.fencing_counter is None else f"fencing counter {state.fencing_counter}"
+    if not state.held:
+        out.write(f"{key!r} is free; {counter}\n")
+    elif state.ttl is None:
+        out.write(f"{key!r} is held, with no expiry; {counter}\n")
+    else:
+        out.write(f"{key!r} is held, {state.ttl:.3f} s left; {counter}\n")
+    return EXIT_OK
+
+
+# --- run ------------------------------------------------------------------------------------------------
+
+
+def _terminal_delivered(sig: int) -> bool:
+    """Whether ``sig`` is a Ctrl-C that the terminal has sent to the command already.
+
+    The terminal sends SIGINT to its whole foreground process group, which includes the command when
+    distlock runs in the foreground; passing it on as well would interrupt the command twice.
+    """
+    if sig != signal.SIGINT:
+        return False
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                return os.tcgetpgrp(fd) == os.getpgrp()
+    return False
+
+
+class _Runner:
+    """One ``distlock run``: signals go to the command once it exists, and abort the obtain before."""
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+        self.task = asyncio.current_task()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.spawning = False
+        self.pending: list[int] = []
+        self.interrupted: int | None = None
+        self.lost = asyncio.Event()
+        self.loss: BaseException | None = None
+
+    def on_signal(self, sig: int) -> None:
+        if self.proc is not None:
+            if self.proc.returncode is None and not _terminal_delivered(sig):
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(sig)
+        elif self.spawning:
+            self.pending.append(sig)
+        elif self.interrupted is None and self.task is not None:
+            # Still obtaining: give up (obtain is cancellation-safe, it releases what it was granted).
+            self.interrupted = sig
+            self.task.cancel()
+
+    def on_lost(self, exc: BaseException) -> None:
+        self.loss = exc
+        self.lost.set()
+
+    async def spawn(self, cmd: list[str], lock: Lock) -> asyncio.subprocess.Process:
+        # The command needs the fencing token to fence its own writes against a holder that lost the lock.
+        env = {**os.environ, "DISTLOCK_KEY": lock.key, "DISTLOCK_FENCING_TOKEN": str(lock.fencing_token)}
+        self.spawning = True
+        try:
+            self.proc = await asyncio.create_subprocess_exec(*cmd, env=env)
+        finally:
+            self.spawning = False
+        for sig in self.pending:
+            self.on_signal(sig)
+        return self.proc
+
+    async def supervise(self, key: str, proc: asyncio.subprocess.Process, grace: float) -> int:
+        exited = asyncio.ensure_future(proc.wait())
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            await asyncio.wait({exited, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if exited.done():
+            return _exit_code(exited.result())
+        self.err.write(f"distlock: lock {key!r} was lost ({self.loss}); stopping the command with SIGTERM\n")
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        done, _ = await asyncio.wait({exited}, timeout=grace)
+        if not done:
+            self.err.write(f"distlock: the command did not exit within {grace:g} s of SIGTERM; sending SIGKILL\n")
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await exited
+        return EXIT_LOST
+
+
+def _exit_code(returncode: int) -> int:
+    return EXIT_SIGNAL_BASE - returncode if returncode < 0 else returncode
+
+
+def _check_command(cmd: list[str]) -> list[str]:
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]  # argparse keeps the separator on some Python versions
+    if not cmd:
+        raise _UsageError("run needs a command: distlock run KEY -- CMD [ARG ...]")
+    if cmd[0].startswith("-"):
+        raise _UsageError(f"options of run go before KEY; {cmd[0]!r} came after it")
+    return cmd
+
+
+async def _run(args: argparse.Namespace, err: TextIO) -> int:
+    _refuse_memory(args.url, "run")
+    cmd = _check_command(args.cmd)
+    if os.sep not in cmd[0] and shutil.which(cmd[0]) is None:
+        # Found out before taking a lock that it could only waste.
+        err.write(f"distlock: command not found: {cmd[0]}\n")
+        return EXIT_NOT_FOUND
+    if args.refresh is not None and args.refresh >= args.ttl:
+        raise _UsageError(f"--refresh ({args.refresh:g}) must be below --ttl ({args.ttl:g})")
+    # The budget of obtain() as a duration: give up about --wait seconds after starting.
+    max_retries = math.ceil(args.wait / args.retry_delay)
+    options = Options(
+        ttl=args.ttl, max_retries=max_retries, retry_delay=args.retry_delay, refresh_interval=args.refresh
+    )
+    loop = asyncio.get_running_loop()
+    runner = _Runner(err)
+    for sig in FORWARDED:
+        loop.add_signal_handler(sig, runner.on_signal, sig)
+    try:
+        async with from_url(args.url, options) as locker:
+            lock = await locker.obtain(args.key)
+            try:
+                return await _hold(runner, lock, cmd, args.grace)
+            finally:
+                await _release(lock, err, lost_reported=runner.lost.is_set())
+    except asyncio.CancelledError:
+        if runner.interrupted is None:
+            raise
+        task = asyncio.current_task()
+        if task is not None and sys.version_info >= (3, 11):
+            task.uncancel()
+        return EXIT_SIGNAL_BASE + runner.interrupted
+    finally:
+        for sig in FORWARDED:
+            loop.remove_signal_handler(sig)
+
+
+async def _hold(runner: _Runner, lock: Lock, cmd: list[str], grace: float) -> int:
+    lock.start_refresh(runner.on_lost)
+    try:
+        proc = await runner.spawn(cmd, lock)
+    except FileNotFoundError:
+        runner.err.write(f"distlock: command not found: {cmd[0]}\n")
+        return EXIT_NOT_FOUND
+    except OSError as exc:
+        runner.err.write(f"distlock: cannot execute {cmd[0]}: {exc.strerror or exc}\n")
+        return EXIT_CANNOT_EXECUTE
+    return await runner.supervise(lock.key, proc, grace)
+
+
+async def _release(lock: Lock, err: TextIO, *, lost_reported: bool) -> None:
+    try:
+        await lock.release()
+    except LockNotHeldError:
+        if not lost_reported:
+            # Lost after the last refresh; the command had finished by the time it could be noticed.
+            err.write(f"distlock: lock {lock.key!r} was no longer held when the command exited\n")
+    except BackendError as exc:
+        err.write(f"distlock: could not release lock {lock.key!r} ({exc}); it expires with its TTL\n")
+
+
+# --- demo -----------------------------------------------------------------------------------------------
+
+
+class _Board:
+    """What the demo shows: the event log (any output), or a table redrawn in place (a terminal)."""
+
+    def __init__(self, out: TextIO, workers: list[str], live: bool) -> None:
+        self.out = out
+        self.live = live
+        self.loop = asyncio.get_running_loop()
+        self.start = self.loop.time()
+        self.stats = {name: _Stats() for name in workers}
+        self.state = dict.fromkeys(workers, "idle")
+        self.since = dict.fromkeys(workers, 0.0)
+        self.holder: str | None = None
+        self.last_holder: str | None = None
+        self.waiting: list[str] = []
+        self.handoffs = 0
+        self.last = ""
+        self.drawn = 0
+
+    def now(self) -> float:
+        return self.loop.time() - self.start
+
+    def header(self) -> None:
+        if not self.live:
+            self.out.write(
+                f"{'time':>8}  {'worker':<6}  {'event':<9}  {'fencing':>7}  {'waited':>9}  {'holder':<6}  waiting\n"
+            )
+
+    def asks(self, name: str) -> None:
+        self.waiting.append(name)
+        self._set(name, "waiting")
+        if self.holder is not None:  # an uncontended obtain is not worth a line
+            self._event(name, "waiting")
+
+    def acquired(self, name: str, fencing: int, waited: float) -> None:
+        # From one worker straight to another is a hand-off; the same worker again is not.
+        self.waiting.remove(name)
+        stats = self.stats[name]
+        stats.acquisitions += 1
+        stats.waits.append(waited)
+        note = ""
+        if self.last_holder not in (None, name):
+            self.handoffs += 1
+            note = f"hand-off from {self.last_holder}"
+        self.holder = self.last_holder = name
+        self._set(name, "holding")
+        self._event(name, "acquired", str(fencing), f"{waited * 1000:7.1f}ms", note)
+
+    def released(self, name: str, more: bool) -> None:
+        self.holder = None
+        self._set(name, "working" if more else "done")
+        self._event(name, "released")
+
+    def _set(self, name: str, state: str) -> None:
+        self.state[name] = state
+        self.since[name] = self.now()
+
+    def _event(self, name: str, event: str, fencing: str = "", waited: str = "", note: str = "") -> None:
+        if self.live:
+            self.last = f"{name} {event} {note}".rstrip()
+            self.draw()
+            return
+        holder = self.holder or "-"
+        line = f"{self.now():8.3f}  {name:<6}  {event:<9}  {fencing:>7}  {waited:>9}  {holder:<6}  "
+        self.out.write(f"{line}{' '.join(self.waiting) or '-'}  {note}".rstrip() + "\n")
+
+    def draw(self) -> None:
+        lines = [f"{'worker':<6}  {'state':<8}  {'for':>8}  {'sections':>8}  {'mean wait':>10}  {'max wait':>10}"]
+        now = self.now()
+        for name, stats in self.stats.items():
+            mean = f"{sum(stats.waits) / len(stats.waits) * 1000:8.1f}ms" if stats.waits else ""
+            worst = f"{max(stats.waits) * 1000:8.1f}ms" if stats.waits else ""
+            lines.append(
+                f"{name:<6}  {self.state[name]:<8}  {now - self.since[name]:7.2f}s  "
+                f"{stats.acquisitions:>8}  {mean:>10}  {worst:>10}"
+            )
+        lines.append(f"holder: {self.holder or '-'}   waiting: {' '.join(self.waiting) or '-'}")
+        lines.append(f"hand-offs: {self.handoffs}   last: {self.last}")
+        # Back to the top of the previous drawing, then over it line by line.
+        up = f"\x1b[{self.drawn}F" if self.drawn else ""
+        self.out.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        self.out.flush()
+        self.drawn = len(lines)
+
+    def summary(self) -> None:
+        self.out.write(f"\n{'worker':<6}  {'sections':>8}  {'mean wait':>10}  {'max wait':>10}\n")
+        for name, s in self.stats.items():
+            mean = sum(s.waits) / len(s.waits)
+            self.out.write(f"{name:<6}  {s.acquisitions:>8}  {mean * 1000:8.1f}ms  {max(s.waits) * 1000:8.1f}ms\n")
+        self.out.write(f"\n{self.handoffs} hand-offs; no two sections overlapped, and fencing tokens rose with each.\n")
+
+
+async def _demo(url: str, workers: int, rounds: int, hold: float, key: str, out: TextIO, live: bool) -> int:
     options = Options(ttl=max(5.0, 4 * hold), max_retries=workers * rounds * 20, retry_delay=max(hold, 0.01))
     locker = from_url(url, options)
-    stats = {f"w{n}": _Stats() for n in range(1, workers + 1)}
+    board = _Board(out, [f"w{n}" for n in range(1, workers + 1)], live)
     loop = asyncio.get_running_loop()
-    start = loop.time()
-    out.write(f"{workers} workers contend for lock {key!r} on {url}, {rounds} sections each\n\n")
-    out.write(f"{'time':>8}  {'worker':<6}  {'event':<9}  {'fencing':>7}  {'waited':>9}\n")
-
-    def line(worker: str, event: str, fencing: str = "", waited: str = "") -> None:
-        out.write(f"{loop.time() - start:8.3f}  {worker:<6}  {event:<9}  {fencing:>7}  {waited:>9}\n")
+    out.write(f"{workers} workers contend for lock {key!r} on {_shown(url)}, {rounds} sections each\n\n")
+    board.header()
 
     async def worker(name: str) -> None:
-        for _ in range(rounds):
+        for round_ in range(rounds):
             asked = loop.time()
+            board.asks(name)
             async with locker.lock(key) as lock:
-                waited = loop.time() - asked
-                stats[name].acquisitions += 1
-                stats[name].waits.append(waited)
-                line(name, "acquired", str(lock.fencing_token), f"{waited * 1000:7.1f}ms")
+                board.acquired(name, lock.fencing_token, loop.time() - asked)
                 await anyio.sleep(hold)
-                line(name, "released")
+                board.released(name, more=round_ + 1 < rounds)
             await anyio.sleep(hold / 2)  # work outside the lock, so that the others get their turn
+
+    async def ticker() -> None:
+        while True:  # the "for" column counts up between events too
+            await anyio.sleep(0.2)
+            board.draw()
 
     try:
         async with locker, anyio.create_task_group() as tg:
-            for name in stats:
-                tg.start_soon(worker, name)
+            if live:
+                tg.start_soon(ticker)
+            async with anyio.create_task_group() as workers_tg:
+                for name in board.stats:
+                    workers_tg.start_soon(worker, name)
+            tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Every worker fails the same way when the backend is down: report the first failure.
         raise _first(group) from None
-    out.write(f"\n{'worker':<6}  {'sections':>8}  {'mean wait':>10}  {'max wait':>10}\n")
-    for name, s in stats.items():
-        mean = sum(s.waits) / len(s.waits)
-        out.write(f"{name:<6}  {s.acquisitions:>8}  {mean * 1000:8.1f}ms  {max(s.waits) * 1000:8.1f}ms\n")
-    out.write("\nNo two sections overlapped; fencing tokens rose with every hand-off.\n")
+    board.summary()
     return EXIT_OK
 
 
@@ -106,13 +525,33 @@ def _first(exc: BaseException) -> BaseException:
     return exc
 
 
+def _live(out: TextIO) -> bool:
+    return out.isatty() and os.environ.get("TERM", "dumb") != "dumb"
+
+
+def _log_to_stderr(verbose: int) -> None:
+    # The errors that end a command are printed by main(); what the library logs on the way (a cleanup
+    # that failed after the server went away, say) only repeats them unless asked for.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("distlock: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("distlock_async")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.WARNING if verbose else logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
+    _log_to_stderr(args.verbose)
     try:
         if args.command == "demo":
-            return asyncio.run(_demo(args.url, args.workers, args.rounds, args.hold, args.key, sys.stdout))
-    except ValueError as exc:
+            live = not args.plain and _live(sys.stdout)
+            return asyncio.run(_demo(args.url, args.workers, args.rounds, args.hold, args.key, sys.stdout, live))
+        if args.command == "status":
+            return asyncio.run(_status(args.url, args.key, args.json, sys.stdout))
+        if args.command == "run":
+            return asyncio.run(_run(args, sys.stderr))
+    except (ValueError, _UsageError) as exc:
         print(f"distlock: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NotObtainedError as exc:
@@ -121,4 +560,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendError as exc:
         print(f"distlock: backend unavailable: {exc}", file=sys.stderr)
         return EXIT_BACKEND
+    except KeyboardInterrupt:
+        return EXIT_SIGNAL_BASE + signal.SIGINT
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover - argparse requires one

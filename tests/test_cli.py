@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import os
+import pty
 import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
 
 from .servers import RedisServer, free_port
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "distlock_async", *args],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        env={"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "error"},
+        env={"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "error", **(env or {})},
     )
 
 
@@ -34,6 +47,29 @@ def test_demo_shows_workers_taking_turns_with_rising_fencing_tokens() -> None:
     events = re.findall(r"^\s*[\d.]+\s+(w\d)\s+(acquired|released)", result.stdout, re.MULTILINE)
     assert [e for _, e in events] == ["acquired", "released"] * 6
     assert all(events[i][0] == events[i + 1][0] for i in range(0, len(events), 2))
+
+
+def test_demo_on_a_terminal_redraws_a_live_table() -> None:
+    controller, terminal = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "distlock_async", "demo", "--workers", "2", "--rounds", "2", "--hold", "0.02"],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "error", "TERM": "xterm"},
+    ) as proc:
+        os.close(terminal)
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the demo has exited and closed the terminal
+            while chunk := os.read(controller, 65536):
+                output += chunk
+        os.close(controller)
+        assert proc.wait(timeout=60) == 0
+    text = output.decode()
+    assert "\x1b[5F" in text, "the table (a header, 2 workers, 2 lines of totals) is redrawn over itself"
+    assert "holder: w" in text
+    assert re.search(r"^\d+ hand-offs", text, re.MULTILINE)
+    assert text.rstrip().endswith("fencing tokens rose with each.")
 
 
 def test_unavailable_backend_scheme_exits_with_usage_error() -> None:
@@ -62,3 +98,228 @@ def test_missing_command_is_a_usage_error() -> None:
     result = run()
     assert result.returncode == 2
     assert "COMMAND" in result.stderr
+
+
+# --- run and status, against the suite's Redis server ---------------------------------------------------
+
+#: The command that ``distlock run`` runs in these tests: it marks that it started, then waits for a
+#: signal, which it records in a file named after the signal before exiting with ``argv[2]`` (or, with
+#: ``argv[2] == "stay"``, staying put until it is killed).
+CHILD = """
+import pathlib, signal, sys
+marks = pathlib.Path(sys.argv[1])
+def on_signal(sig, frame):
+    (marks / f"got-{sig}").write_text("")
+    if sys.argv[2] != "stay":
+        sys.exit(int(sys.argv[2]))
+signal.signal(signal.SIGTERM, on_signal)
+signal.signal(signal.SIGINT, on_signal)
+(marks / "started").write_text("")
+while True:
+    signal.pause()
+"""
+
+_keys = itertools.count()
+
+
+@pytest.fixture
+def key() -> str:
+    return f"cli-{os.getpid()}-{next(_keys)}"
+
+
+@pytest.fixture
+def admin(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    yield client
+    client.close()
+
+
+def lock_key(key: str) -> str:
+    return f"distlock:{{{key}}}"
+
+
+def start(url: str, *args: str) -> subprocess.Popen[str]:
+    """``distlock run`` in the background, in a session of its own: no terminal sends it signals."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "distlock_async", "--url", url, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "error"},
+        start_new_session=True,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"distlock exited with {proc.returncode} before {path.name} appeared: {err}")
+        assert time.monotonic() < deadline, f"{path.name} did not appear within 30 s"
+        time.sleep(0.01)
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def child(tmp_path: Path, on_signal: str = "0") -> list[str]:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    return [sys.executable, str(script), str(tmp_path), on_signal]
+
+
+def test_run_holds_the_lock_while_the_command_runs_and_passes_its_exit_code(
+    redis_server: RedisServer, admin: redis.Redis, key: str
+) -> None:
+    status = f"{sys.executable} -m distlock_async status --url {redis_server.url}"
+    script = f'{status} {key} && {status} --json {key} && echo "$DISTLOCK_KEY $DISTLOCK_FENCING_TOKEN" && exit 7'
+    result = run("--url", redis_server.url, "run", key, "--", "/bin/sh", "-c", script)
+    assert result.returncode == 7, result.stderr
+    text, doc, env = result.stdout.splitlines()
+    assert re.fullmatch(rf"'{key}' is held, \d+\.\d{{3}} s left; fencing counter \d+", text)
+    state = json.loads(doc)
+    assert state["key"] == key
+    assert state["held"] is True
+    assert 0 < state["ttl"] <= 30
+    assert env == f"{key} {state['fencing_counter']}", "the command knows its key and fencing token"
+    assert admin.exists(lock_key(key)) == 0, "released when the command exited"
+
+
+def test_status_of_a_free_key_and_a_fencing_counter_that_rises(redis_server: RedisServer, key: str) -> None:
+    result = run("--url", redis_server.url, "status", key)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"'{key}' is free; no fencing counter kept\n"
+    assert json.loads(run("--url", redis_server.url, "status", "--json", key).stdout) == {
+        "key": key,
+        "held": False,
+        "ttl": None,
+        "fencing_counter": None,
+    }
+    counters = []
+    for _ in range(2):
+        assert run("--url", redis_server.url, "run", key, "--", "true").returncode == 0
+        state = json.loads(run("--url", redis_server.url, "status", "--json", key).stdout)
+        assert state["held"] is False
+        counters.append(state["fencing_counter"])
+    assert counters[0] < counters[1]
+    text = run("--url", redis_server.url, "status", key).stdout
+    assert text == f"'{key}' is free; fencing counter {counters[1]}\n"
+
+
+def test_a_command_killed_by_a_signal_exits_with_128_plus_the_signal(redis_server: RedisServer, key: str) -> None:
+    kill_self = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    result = run("--url", redis_server.url, "run", key, "--", sys.executable, "-c", kill_self)
+    assert result.returncode == 128 + signal.SIGKILL, result.stderr
+
+
+def test_run_exits_with_3_without_running_the_command_when_the_lock_is_held(
+    redis_server: RedisServer, admin: redis.Redis, key: str, tmp_path: Path
+) -> None:
+    admin.set(lock_key(key), "someone-else", px=60_000)
+    marker = tmp_path / "ran"
+    result = run("--url", redis_server.url, "run", "--wait", "0.2", key, "--", "touch", str(marker))
+    assert result.returncode == 3, result.stderr
+    assert f"lock '{key}' not obtained" in result.stderr
+    assert not marker.exists()
+    assert admin.get(lock_key(key)) == b"someone-else"
+
+
+def test_a_signal_while_waiting_for_the_lock_ends_the_wait_without_running_the_command(
+    redis_server: RedisServer, admin: redis.Redis, key: str, tmp_path: Path
+) -> None:
+    admin.set(lock_key(key), "someone-else", px=60_000)
+    marker = tmp_path / "ran"
+    proc = start(redis_server.url, "run", "--wait", "60", key, "--", "touch", str(marker))
+    deadline = time.monotonic() + 30
+    # Subscribed to the lock's release channel: it waits, with its signal handlers in place.
+    while admin.pubsub_numsub(lock_key(key))[0][1] == 0:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "distlock run never started waiting"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert not marker.exists()
+    assert admin.get(lock_key(key)) == b"someone-else"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signals_are_passed_to_the_command_and_the_lock_released_after_it(
+    redis_server: RedisServer, admin: redis.Redis, key: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    proc = start(redis_server.url, "run", key, "--", *child(tmp_path, on_signal="42"))
+    wait_for(tmp_path / "started", proc)
+    assert admin.exists(lock_key(key)) == 1
+    proc.send_signal(sig)
+    code, err = finish(proc)
+    assert code == 42, err
+    assert (tmp_path / f"got-{int(sig)}").exists()
+    assert admin.exists(lock_key(key)) == 0
+
+
+def test_a_lost_lock_stops_the_command_with_sigterm_and_exits_with_5(
+    redis_server: RedisServer, admin: redis.Redis, key: str, tmp_path: Path
+) -> None:
+    proc = start(redis_server.url, "run", "--ttl", "10", "--refresh", "0.1", key, "--", *child(tmp_path))
+    wait_for(tmp_path / "started", proc)
+    admin.delete(lock_key(key))  # an operator, or a failover that lost the key
+    wait_for(tmp_path / f"got-{int(signal.SIGTERM)}", proc)
+    code, err = finish(proc)
+    assert code == 5, err
+    assert f"lock '{key}' was lost" in err
+    assert "Traceback" not in err
+
+
+def test_a_command_that_ignores_sigterm_after_a_loss_is_killed_after_the_grace_period(
+    redis_server: RedisServer, admin: redis.Redis, key: str, tmp_path: Path
+) -> None:
+    args = ("run", "--ttl", "10", "--refresh", "0.1", "--grace", "0.2", key, "--", *child(tmp_path, "stay"))
+    proc = start(redis_server.url, *args)
+    wait_for(tmp_path / "started", proc)
+    admin.delete(lock_key(key))
+    code, err = finish(proc)
+    assert code == 5, err
+    assert (tmp_path / f"got-{int(signal.SIGTERM)}").exists()
+    assert "sending SIGKILL" in err
+
+
+def test_a_missing_command_exits_with_127_without_taking_the_lock(
+    redis_server: RedisServer, admin: redis.Redis, key: str
+) -> None:
+    result = run("--url", redis_server.url, "run", key, "--", "no-such-command-anywhere")
+    assert result.returncode == 127
+    assert "command not found: no-such-command-anywhere" in result.stderr
+    assert admin.exists(lock_key(key)) == 0
+
+
+def test_status_against_a_dead_server_exits_with_backend_unavailable() -> None:
+    result = run("--url", f"redis://127.0.0.1:{free_port()}/0?socket_timeout=1", "status", "k")
+    assert result.returncode == 4, result.stderr
+    assert "backend unavailable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["run", "k", "--", "true"], ["status", "k"]], ids=["run", "status"])
+def test_run_and_status_refuse_memory_urls_with_a_usage_error(command: list[str]) -> None:
+    result = run(*command)  # no --url, no $DISTLOCK_URL: memory://
+    assert result.returncode == 2
+    assert "memory:// locks live inside one process" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_url_comes_from_the_environment(redis_server: RedisServer, key: str) -> None:
+    result = run("status", key, env={"DISTLOCK_URL": redis_server.url})
+    assert result.returncode == 0, result.stderr
+    assert "is free" in result.stdout
+
+
+def test_help_lists_the_exit_codes() -> None:
+    result = run("run", "--help")
+    assert result.returncode == 0
+    for code in ("2 ", "3 ", "4 ", "5 ", "126", "127", "128+N"):
+        assert f"\n  {code}" in result.stdout

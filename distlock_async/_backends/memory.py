@@ -5,7 +5,7 @@ import asyncio
 import anyio
 import anyio.lowlevel
 
-from .._core._driver import Busy, Granted
+from .._core._driver import Busy, Granted, KeyState
 from .._core._locker import LockerBase
 from .._core._signal import Signal
 from .._options import Options
@@ -14,11 +14,12 @@ __all__ = ["MemoryLocker", "MemoryStore"]
 
 
 class _Entry:
-    __slots__ = ("expires_at", "token")
+    __slots__ = ("expires_at", "fence", "token")
 
-    def __init__(self, token: str, expires_at: float) -> None:
+    def __init__(self, token: str, expires_at: float, fence: int) -> None:
         self.token = token
         self.expires_at = expires_at
+        self.fence = fence
 
 
 class MemoryStore:
@@ -54,8 +55,8 @@ class MemoryStore:
         entry = self._live(key, now)
         if entry is not None:
             return Busy(holder_ttl=entry.expires_at - now)
-        self._held[key] = _Entry(token, now + ttl)
         self._fence += 1
+        self._held[key] = _Entry(token, now + ttl, self._fence)
         return Granted(self._fence)
 
     def _release(self, key: str, token: str) -> bool:
@@ -131,6 +132,15 @@ class _MemoryDriver:
         now = _now()
         entry = self.store._owned(key, token, now)
         return 0.0 if entry is None else entry.expires_at - now
+
+    async def inspect(self, key: str) -> KeyState:
+        await anyio.lowlevel.checkpoint()
+        now = _now()
+        entry = self.store._live(key, now)
+        if entry is None:
+            # The store forgets free keys; its one counter is what the next token of any key exceeds.
+            return KeyState(held=False, ttl=None, fencing_counter=self.store._fence or None)
+        return KeyState(held=True, ttl=entry.expires_at - now, fencing_counter=entry.fence)
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()

@@ -9,7 +9,7 @@ import anyio.lowlevel
 import redis.asyncio
 import redis.exceptions
 
-from .._core._driver import Busy, Granted
+from .._core._driver import Busy, Granted, KeyState
 from .._core._locker import LockerBase
 from .._core._signal import Signal
 from .._errors import BackendError
@@ -95,6 +95,17 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pttl', KEYS[1])
 end
 return -2
+""")
+
+# KEYS[1] lock, KEYS[2] fence counter. {1 if held, the holder's remaining ms or -2, the counter or ''}.
+# A hand-off reservation counts as free: it lasts HANDOFF_MS and goes to whoever was waiting.
+_INSPECT = _Script("""
+local held = redis.call('get', KEYS[1])
+local fence = redis.call('get', KEYS[2]) or ''
+if held and held ~= 'handoff' then
+  return {1, redis.call('pttl', KEYS[1]), fence}
+end
+return {0, -2, fence}
 """)
 
 
@@ -317,6 +328,15 @@ class _RedisDriver:
         lock_key = _Keys(self.namespace, key).lock
         pttl = int(await self.run(_REMAINING, lock_key, (lock_key,), (token,)))
         return max(pttl, 0) / 1000
+
+    async def inspect(self, key: str) -> KeyState:
+        keys = _Keys(self.namespace, key)
+        held, pttl, fence = await self.run(_INSPECT, keys.lock, (keys.lock, keys.fence), ())
+        counter = int(fence) if fence else None
+        if int(held) != 1:
+            return KeyState(held=False, ttl=None, fencing_counter=counter)
+        # A key without expiry (-1) is not one of ours; report it as held with no known end.
+        return KeyState(held=True, ttl=int(pttl) / 1000 if int(pttl) >= 0 else None, fencing_counter=counter)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -5,6 +5,9 @@ A backend is a :class:`Driver`. For each ``obtain`` the core asks it for a :clas
 :meth:`Contender.wait` between attempts, and always ends with :meth:`Contender.close`. The held lock then
 talks to the driver through ``release``/``extend``/``remaining`` with the ``handle`` of its grant.
 
+A driver may also have ``inspect`` (see :class:`Inspector`): what the server knows about a key that
+the caller does not hold, for ``distlock status``. It is optional, so that a backend can ship without it.
+
 Drivers translate their client's errors into ``BackendError`` themselves. Every ``async def`` is a
 checkpoint. ``Contender.close``, ``Driver.release`` may run twice for one lock (a cancelled first run
 is repeated in a shielded task), so both must be idempotent.
@@ -13,7 +16,7 @@ is repeated in a shielded task), so both must be idempotent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,20 @@ class Busy:
     """Someone else holds the lock; ``holder_ttl`` is its remaining seconds when the backend knows them."""
 
     holder_ttl: float | None = None
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """A key as the backend sees it from outside: ``distlock status``.
+
+    ``ttl`` is the holder's remaining seconds (``None`` when free). ``fencing_counter`` is the counter
+    that the next obtain's fencing token will exceed (the holder's token while held on Redis and memory),
+    or ``None`` when the backend keeps none for the key right now.
+    """
+
+    held: bool
+    ttl: float | None
+    fencing_counter: int | None
 
 
 class Contender(Protocol):
@@ -74,4 +91,13 @@ class Driver(Protocol):
 
     async def aclose(self) -> None:
         """Release what the driver owns (its own client, subscriber connections)."""
+        ...
+
+
+@runtime_checkable
+class Inspector(Protocol):
+    """The optional part of a :class:`Driver`."""
+
+    async def inspect(self, key: str) -> KeyState:
+        """Whether ``key`` is held, for how long, and its fencing counter; one round trip at most."""
         ...

@@ -13,7 +13,7 @@ import anyio
 from .._errors import LockLostError, LockNotHeldError, NotObtainedError
 from .._options import Options
 from .._validate import check_count, check_key, check_seconds
-from ._driver import Contender, Driver, Granted
+from ._driver import Contender, Driver, Granted, Inspector, KeyState
 from ._lock import HeldLock, RefreshTask
 from ._shield import finish
 
@@ -106,6 +106,18 @@ class LockerBase:
     ) -> LockContext:
         check_key(key)
         return LockContext(self, key, _Settings(self._options, ttl, max_retries, retry_delay))
+
+    async def _inspect(self, key: str) -> KeyState:
+        """What the backend knows about ``key``, held by anyone or free (``distlock status``).
+
+        Raises:
+            NotImplementedError: this backend cannot inspect keys (the driver method is optional).
+        """
+        check_key(key)
+        self._check_usable()
+        if not isinstance(self._driver, Inspector):
+            raise NotImplementedError(f"{type(self).__name__} cannot inspect a key it does not hold")
+        return await self._driver.inspect(key)
 
     async def aclose(self) -> None:
         if self._closed:
