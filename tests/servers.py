@@ -8,12 +8,14 @@ process it did not start.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +43,20 @@ def find_binary(name: str, package: str) -> str:
     return path
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the test process dies, however it dies.
+
+    A test run killed by ``timeout`` or by CI never reaches its fixtures' cleanup; without this its
+    servers would run on with nobody to stop them. Linux only; elsewhere the cleanup is all there is.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class _Process:
     """One server process that the tests own: start, wait until ready, pause, resume, kill, restart."""
 
@@ -65,6 +81,7 @@ class _Process:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
