@@ -80,3 +80,30 @@ class EtcdAudit:
             await asyncio.sleep(0.01)
         else:
             raise AssertionError(f"etcd still has {watchers(self.port)} watches open")
+
+
+def metrics(port: int) -> dict[str, float]:
+    """The member's Prometheus metrics, ``name{labels}`` to value."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    values = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def unary_calls(snapshot: dict[str, float]) -> dict[str, int]:
+    """Unary RPCs the member has started, by method."""
+    calls = {}
+    for name, value in snapshot.items():
+        if name.startswith("grpc_server_started_total{") and 'grpc_type="unary"' in name:
+            method = re.search(r'grpc_method="(\w+)"', name)
+            assert method is not None
+            calls[method.group(1)] = int(value)
+    return calls

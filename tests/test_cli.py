@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from .servers import RedisServer, free_port
+from .servers import EtcdServer, RedisServer, free_port
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,10 +36,26 @@ def test_demo_shows_workers_taking_turns_with_rising_fencing_tokens() -> None:
     assert all(events[i][0] == events[i + 1][0] for i in range(0, len(events), 2))
 
 
-def test_unavailable_backend_scheme_exits_with_usage_error() -> None:
-    result = run("--url", "etcd://localhost:2379", "demo")
+def test_malformed_url_exits_with_usage_error() -> None:
+    result = run("--url", "etcd://localhost", "demo")
     assert result.returncode == 2
-    assert "etcd backend is not part of this version" in result.stderr
+    assert "host:port" in result.stderr
+
+
+def test_demo_on_etcd_hands_the_lock_around(etcd_server: EtcdServer) -> None:
+    result = run("--url", f"etcd://{etcd_server.endpoint}", "demo", "--workers", "3", "--rounds", "2", "--hold", "0.02")
+    assert result.returncode == 0, result.stderr
+    acquired = re.findall(r"^\s*[\d.]+\s+(w\d)\s+acquired\s+(\d+)", result.stdout, re.MULTILINE)
+    assert len(acquired) == 6
+    tokens = [int(token) for _, token in acquired]
+    assert tokens == sorted(tokens)
+
+
+def test_demo_against_a_dead_etcd_exits_with_backend_unavailable() -> None:
+    result = run("--url", f"etcd://127.0.0.1:{free_port()}", "demo")
+    assert result.returncode == 4, result.stderr
+    assert "backend unavailable" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_demo_on_redis_hands_the_lock_around(redis_server: RedisServer) -> None:

@@ -129,6 +129,15 @@ def is_lease_not_found(exc: BaseException) -> bool:
     return code(exc) is grpc.StatusCode.NOT_FOUND and "lease not found" in (exc.details() or "")  # type: ignore[attr-defined]
 
 
+def is_transient(exc: BaseException) -> bool:
+    """The member is gone, unreachable or without a leader: worth trying again, maybe elsewhere."""
+    return code(exc) is grpc.StatusCode.UNAVAILABLE
+
+
+class StreamFailed(Exception):
+    """A shared stream broke under a pending request; the request may be sent again on a new stream."""
+
+
 def backend_error(what: str, exc: BaseException) -> BackendError:
     detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
     return BackendError(f"etcd {what} failed: {detail}")
@@ -245,7 +254,9 @@ class KeepAlives:
         for futures in waiting.values():
             for future in futures:
                 if not future.done():
-                    future.set_exception(backend_error("keep-alive", exc))
+                    failed = StreamFailed(f"the keep-alive stream failed: {exc!r}")
+                    failed.__cause__ = exc
+                    future.set_exception(failed)
 
     async def keep_alive(self, lease_id: int, timeout: float) -> int:
         """Send one keep-alive; the lease's new TTL in seconds, ``<= 0`` if it is gone."""

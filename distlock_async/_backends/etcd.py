@@ -21,12 +21,14 @@ from ._etcd_io import (
     CLIENT_ERRORS,
     HASLEADER,
     KeepAlives,
+    StreamFailed,
     Watch,
     Watches,
     backend_error,
     code,
     dial,
     is_lease_not_found,
+    is_transient,
     parse_endpoints,
     resolve_target,
 )
@@ -36,6 +38,10 @@ __all__ = ["EtcdLocker"]
 logger = logging.getLogger("distlock_async")
 
 _HEX = frozenset(b"0123456789abcdef")
+
+#: Pauses between tries of an RPC that found its member unavailable or leaderless, in seconds.
+_FIRST_PAUSE = 0.02
+_MAX_PAUSE = 0.25
 
 #: What ``ttl()`` shows for a lease that etcd reports alive with 0 whole seconds left.
 _MIN_REMAINING = 0.001
@@ -300,14 +306,30 @@ class _EtcdDriver:
         self._watchstub = rpc.WatchStub(self._client().channel)
         self._ready = True
 
-    async def call(self, what: str, stub: str, method: str, request: Any, timeout: float | None = None) -> Any:
+    async def call(self, what: str, stub: str, method: str, request: Any, *, retried: list[bool] | None = None) -> Any:
+        """One unary RPC within the deadline, sent again while the member is unavailable or leaderless.
+
+        Every request the locker sends is safe to repeat (the obtain txn compares before it writes, lease
+        IDs are ours), and repeating it lets a locker with several endpoints fail over to another member,
+        or ride out a leader election. ``retried`` gets ``True`` appended if the request was sent again.
+        """
         await self.ensure()
         client = self._client()
         function = getattr({"kv": client.kvstub, "lease": client.leasestub}[stub], method)
-        try:
-            return await function(request, timeout=timeout or self.deadline, metadata=self.metadata)
-        except CLIENT_ERRORS as exc:
-            raise backend_error(what, exc) from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                return await function(request, timeout=max(deadline - loop.time(), 0.001), metadata=self.metadata)
+            except CLIENT_ERRORS as exc:
+                if not is_transient(exc) or loop.time() + pause >= deadline:
+                    raise backend_error(what, exc) from exc
+                logger.debug("etcd %s failed (%s); trying again in %.2f s", what, exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, _MAX_PAUSE)
+            if retried is not None:
+                retried.append(True)
 
     # --- leases ------------------------------------------------------------------------------------
 
@@ -316,13 +338,15 @@ class _EtcdDriver:
 
     async def grant(self, lease_id: int, ttl: int) -> int:
         """Grant a lease with our ID; the TTL etcd gave it."""
-        reply = await self.call(
-            "lease grant",
-            "lease",
-            "LeaseGrant",
-            rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id),
-            self.options.session_timeout,
-        )
+        retried: list[bool] = []
+        try:
+            reply = await self.call(
+                "lease grant", "lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id), retried=retried
+            )
+        except BackendError as exc:
+            if retried and exc.__cause__ is not None and "lease already exists" in str(exc):
+                return ttl  # our first try was applied after all
+            raise
         if reply.error:
             raise BackendError(f"etcd lease grant failed: {reply.error}")
         if ttl < reply.TTL and not self._warned_ttl:
@@ -337,17 +361,32 @@ class _EtcdDriver:
 
     async def revoke(self, lease_id: int) -> bool:
         """Revoke a lease, deleting its key; ``False`` if it was gone already."""
+        retried: list[bool] = []
         try:
-            await self.call("lease revoke", "lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
+            await self.call(
+                "lease revoke", "lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id), retried=retried
+            )
         except BackendError as exc:
             if exc.__cause__ is not None and is_lease_not_found(exc.__cause__):
-                return False
+                return bool(retried)  # gone, unless by our own first try
             raise
         return True
 
     async def keep_alive(self, lease_id: int) -> int:
+        """One keep-alive within the deadline; the lease's new TTL, ``<= 0`` if it is gone."""
         await self.ensure()
-        return await self.keep_alives.keep_alive(lease_id, self.deadline)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                return await self.keep_alives.keep_alive(lease_id, max(deadline - loop.time(), 0.001))
+            except StreamFailed as exc:
+                if self.closed or loop.time() + pause >= deadline:
+                    raise BackendError(f"etcd keep-alive failed: {exc}") from exc.__cause__
+                logger.debug("%s; trying again in %.2f s", exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, _MAX_PAUSE)
 
     # --- the queue of a lock -----------------------------------------------------------------------
 
