@@ -237,6 +237,40 @@ async def test_interop_with_etcdctl_lock(make: Any, admin: aetcd.Client, etcd_se
         await stop(go, key)
 
 
+async def _fenced_write(admin: aetcd.Client, lock: Lock, value: bytes) -> bool:
+    """The docs' recipe: write only while the lock's key exists with the fencing token as create revision."""
+    prefix = f"{NS}{lock.key}/".encode()
+    found = await admin.kvstub.Range(
+        rpc.RangeRequest(
+            key=prefix,
+            range_end=prefix[:-1] + b"0",
+            min_create_revision=lock.fencing_token,
+            max_create_revision=lock.fencing_token,
+        ),
+        timeout=5,
+    )
+    if not found.kvs:
+        return False
+    still_ours = rpc.Compare(
+        result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=found.kvs[0].key, create_revision=lock.fencing_token
+    )
+    write = rpc.RequestOp(request_put=rpc.PutRequest(key=b"fenced-resource", value=value))
+    reply = await admin.kvstub.Txn(rpc.TxnRequest(compare=[still_ours], success=[write]), timeout=5)
+    return bool(reply.succeeded)
+
+
+async def test_a_txn_compare_on_the_fencing_token_rejects_a_stale_holder(make: Any, admin: aetcd.Client) -> None:
+    old = await make().obtain("fence", ttl=1)
+    assert await _fenced_write(admin, old, b"old")
+    with anyio.fail_after(LIMIT):
+        new = await make().obtain("fence", max_retries=1, retry_delay=60)  # after old's lease expired
+    assert await _fenced_write(admin, new, b"new")
+    assert not await _fenced_write(admin, old, b"stale")
+    assert (await admin.get(b"fenced-resource")).value == b"new"
+    await admin.delete(b"fenced-resource")
+    await new.release()
+
+
 # --- cost ---------------------------------------------------------------------------------------------
 
 
