@@ -126,7 +126,11 @@ def code(exc: BaseException) -> grpc.StatusCode | None:
 
 
 def is_lease_not_found(exc: BaseException) -> bool:
-    return code(exc) is grpc.StatusCode.NOT_FOUND and "lease not found" in (exc.details() or "")  # type: ignore[attr-defined]
+    return (
+        isinstance(exc, grpc.aio.AioRpcError)
+        and exc.code() is grpc.StatusCode.NOT_FOUND
+        and "lease not found" in (exc.details() or "")
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -189,7 +193,7 @@ class _Stream:
                 await call.write(await queue.get())
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
+        except Exception as exc:  # the stream is broken: end it, and let the reader report why
             logger.debug("etcd %s stream: write failed: %r", self.name, exc)
             call.cancel()
 
@@ -203,7 +207,7 @@ class _Stream:
                 # grpc raises CancelledError from read() when the call was cancelled, not this task
                 self._fail(call, ConnectionError(f"the {self.name} stream was cancelled"))
             raise
-        except BaseException as exc:
+        except Exception as exc:
             self._fail(call, exc)
 
     def _fail(self, call: Any, exc: BaseException) -> None:
