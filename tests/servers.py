@@ -167,10 +167,12 @@ class EtcdServer(_Process):
 
     name = "etcd"
 
-    def __init__(self, member: str = "test") -> None:
+    def __init__(self, member: str = "test", *, fast: bool = True) -> None:
         super().__init__()
         self.binary = find_binary("etcd", "etcd-server")
         self.member = member
+        #: Fast raft timers; without them etcd's defaults apply (1 s elections, 2 s minimum lease TTL).
+        self.fast = fast
         self.port = free_port()
         self.peer_port = free_port()
         self.initial_cluster = f"{member}={self.peer_url}"
@@ -203,10 +205,7 @@ class EtcdServer(_Process):
             self.initial_cluster,
             "--initial-cluster-token",
             "distlock-test",
-            "--heartbeat-interval",
-            "20",
-            "--election-timeout",
-            "200",
+            *(["--heartbeat-interval", "20", "--election-timeout", "200"] if self.fast else []),
             "--log-level",
             "warn",
         ]

@@ -452,27 +452,73 @@ async def test_connect_resolves_localhost_and_a_given_client_stays_open(etcd_ser
     await client.close()
 
 
-async def test_a_hung_member_gives_backend_error_within_the_deadline() -> None:
-    server = EtcdServer()
-    server.start()
+@pytest.fixture(scope="module")
+def default_etcd() -> Iterator[EtcdServer]:
+    """A member with etcd's default timers, for the tests that pause it or need its 2 s minimum TTL."""
+    server = EtcdServer(fast=False)
     try:
-        locker = await EtcdLocker.connect([server.endpoint], etcd_options=EtcdOptions(session_timeout=1))
-        lock = await locker.obtain("k", ttl=30)
-        server.pause()
-        for call in (lock.refresh, lock.ttl, lambda: locker.obtain("other", ttl=1, max_retries=0)):
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_a_ttl_below_the_servers_minimum_is_raised_with_a_warning(
+    default_etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    locker = await EtcdLocker.connect([default_etcd.endpoint])
+    lock = await locker.obtain("short", ttl=1)
+    assert any(
+        r.levelno == logging.WARNING and "raised the lease TTL from 1 s to its minimum of 2 s" in r.getMessage()
+        for r in caplog.records
+    )
+    assert 1 < await lock.ttl() <= 2  # the lease etcd really granted
+    await lock.release()
+    await locker.aclose()
+
+
+async def test_a_hung_member_gives_backend_error_within_the_deadline(default_etcd: EtcdServer) -> None:
+    server = default_etcd
+    locker = await EtcdLocker.connect([server.endpoint], etcd_options=EtcdOptions(session_timeout=1))
+    lock = await locker.obtain("k", ttl=30)
+    server.pause()
+    try:
+        for call in (lock.refresh, lock.ttl, lambda: locker.obtain("other", ttl=2, max_retries=0)):
             start = time.monotonic()
             with pytest.raises(BackendError):
                 await call()
             assert time.monotonic() - start < 10  # 1 s deadline, twice for an obtain (grant, then revoke)
-        server.resume()
-        await lock.release()
-        await locker.aclose()
-        admin = aetcd.Client(host="127.0.0.1", port=server.port, timeout=5)
-        # The abandoned obtain's lease was revoked, or expires with its TTL.
-        await poll_until(lambda: no_leases(admin))
-        await admin.close()
     finally:
-        server.cleanup()
+        server.resume()
+    await lock.release()
+    await locker.aclose()
+    admin = aetcd.Client(host="127.0.0.1", port=server.port, timeout=5)
+    # The abandoned obtain's lease was revoked, or expires with its TTL.
+    await poll_until(lambda: no_leases(admin))
+    await admin.close()
+
+
+async def test_a_member_that_lost_its_leader_gives_backend_error_within_the_deadline(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    m1, m2, m3 = etcd_cluster.members
+    locker = await EtcdLocker.connect([m1.endpoint], Options(ttl=5), EtcdOptions(session_timeout=1))
+    lock = await locker.obtain("k")
+    m2.kill()
+    m3.kill()
+    try:
+        for call in (lock.refresh, lambda: locker.obtain("other", max_retries=0)):
+            start = time.monotonic()
+            with pytest.raises(BackendError, match="UNAVAILABLE"):
+                await call()
+            assert time.monotonic() - start < 10  # the 1 s deadline, twice for an obtain; not forever
+    finally:
+        m2.spawn()
+        m3.spawn()
+        m2.wait_ready()
+        m3.wait_ready()
+    await lock.release()
+    await locker.aclose()
 
 
 # --- a 3-member cluster -----------------------------------------------------------------------------------
