@@ -36,7 +36,13 @@ def test_demo_shows_workers_taking_turns_with_rising_fencing_tokens() -> None:
     assert all(events[i][0] == events[i + 1][0] for i in range(0, len(events), 2))
 
 
-def test_malformed_url_exits_with_usage_error() -> None:
+def test_unavailable_backend_scheme_exits_with_usage_error() -> None:
+    result = run("--url", "zookeeper://localhost:2181", "demo")
+    assert result.returncode == 2
+    assert "scheme 'zookeeper' is not supported" in result.stderr
+
+
+def test_malformed_etcd_url_exits_with_usage_error() -> None:
     result = run("--url", "etcd://localhost", "demo")
     assert result.returncode == 2
     assert "host:port" in result.stderr
