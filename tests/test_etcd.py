@@ -271,6 +271,24 @@ async def test_a_txn_compare_on_the_fencing_token_rejects_a_stale_holder(make: A
     await new.release()
 
 
+async def test_key_state_shows_the_holder_for_distlock_status(make: Any) -> None:
+    locker = make()
+    driver = locker._driver_
+    held, ttl, counter = await driver.key_state("status")
+    assert (held, ttl) == (False, None)
+    lock = await locker.obtain("status", ttl=30)
+    assert counter < lock.fencing_token
+    held, ttl, counter = await driver.key_state("status")
+    assert held
+    assert ttl is not None
+    assert 25 < ttl <= 30
+    assert counter == lock.fencing_token
+    await lock.release()
+    held, _, counter = await driver.key_state("status")
+    assert not held
+    assert counter > lock.fencing_token
+
+
 # --- cost ---------------------------------------------------------------------------------------------
 
 
