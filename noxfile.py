@@ -27,8 +27,8 @@ def _install(session: nox.Session, *groups: str, project: bool = True) -> None:
         session.install(*requirements)
 
 
-#: Server binaries the tests start, and the Debian packages that provide them.
-SERVERS = {"redis-server": "redis-server", "etcd": "etcd-server"}
+#: Server binaries the tests start (and etcdctl, the Go client of the interop test), and their Debian packages.
+SERVERS = {"redis-server": "redis-server", "etcd": "etcd-server", "etcdctl": "etcd-client"}
 
 
 def _ensure_servers(session: nox.Session) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._backends.etcd import EtcdLocker
 from ._backends.memory import MemoryLocker, MemoryStore
 from ._backends.redis import RedisLocker
 from ._errors import BackendError, DistlockError, LockLostError, LockNotHeldError, NotObtainedError
@@ -32,6 +33,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree th
 __all__ = [
     "BackendError",
     "DistlockError",
+    "EtcdLocker",
     "EtcdOptions",
     "Lock",
     "LockLostError",

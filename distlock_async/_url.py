@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from ._backends.etcd import EtcdLocker
 from ._backends.memory import MemoryLocker
 from ._backends.redis import RedisLocker
 from ._options import EtcdOptions, Options
@@ -9,16 +10,15 @@ from ._protocols import Locker
 
 __all__ = ["from_url"]
 
-#: Schemes of the contract whose backends this version does not ship yet.
-_NOT_YET = {"etcd": "etcd"}
-
 
 def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOptions | None = None) -> Locker:
     """Create a locker, and the client it owns, from a URL.
 
     ``memory://`` gives a :class:`~distlock_async.MemoryLocker` with a store of its own; ``redis://``,
     ``rediss://`` and ``unix://`` a :class:`~distlock_async.RedisLocker` over a client it owns (see
-    :meth:`RedisLocker.from_url <distlock_async.RedisLocker.from_url>`).
+    :meth:`RedisLocker.from_url <distlock_async.RedisLocker.from_url>`); ``etcd://host:port[,host:port...]``
+    an :class:`~distlock_async.EtcdLocker` over a client it owns, which connects on first use and fails over
+    between the endpoints (see :meth:`EtcdLocker.from_url <distlock_async.EtcdLocker.from_url>`).
 
     Args:
         url: where the locks live.
@@ -27,7 +27,7 @@ def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOpti
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: the URL is malformed, or its scheme is unknown or not available in this version.
+        ValueError: the URL is malformed, or its scheme is unknown.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
@@ -48,6 +48,6 @@ def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOpti
         if etcd_options is not None:
             raise ValueError("etcd_options only apply to etcd:// URLs")
         return RedisLocker.from_url(url, options)
-    if scheme in _NOT_YET:
-        raise ValueError(f"url scheme {scheme!r}: the {_NOT_YET[scheme]} backend is not part of this version yet")
-    raise ValueError(f"url scheme {scheme!r} is not supported; use redis://, rediss://, unix:// or memory://")
+    if scheme == "etcd":
+        return EtcdLocker.from_url(url, options, etcd_options)
+    raise ValueError(f"url scheme {scheme!r} is not supported; use redis://, rediss://, unix://, etcd:// or memory://")

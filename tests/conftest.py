@@ -12,15 +12,17 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import aetcd
 import pytest
 import redis.asyncio
 from redis.asyncio.sentinel import Sentinel
 
 import distlock_async
-from distlock_async import MemoryLocker, MemoryStore, RedisLocker
+from distlock_async import EtcdOptions, MemoryLocker, MemoryStore, RedisLocker
 
+from .etcd_helpers import EtcdAudit, TracingEtcdLocker
 from .helpers import Backend
-from .servers import RedisClusterServers, RedisSentinelServers, RedisServer
+from .servers import EtcdServer, RedisClusterServers, RedisSentinelServers, RedisServer
 
 
 @pytest.fixture
@@ -90,6 +92,16 @@ def redis_sentinel() -> Iterator[RedisSentinelServers]:
         yield servers
     finally:
         servers.cleanup()
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
 
 
 # --- the backends of the contract suite ---------------------------------------------------------------
@@ -196,7 +208,33 @@ async def _redis_sentinel(request: pytest.FixtureRequest) -> AsyncIterator[Backe
         yield backend
 
 
+async def _etcd(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    server: EtcdServer = request.getfixturevalue("etcd_server")
+    namespace = f"test{next(_namespaces)}/"
+    admin = aetcd.Client(host="127.0.0.1", port=server.port, timeout=5)
+    audit = EtcdAudit(admin, server.port)
+    await audit.start()
+
+    def factory(options: distlock_async.Options | None) -> TracingEtcdLocker:
+        locker = TracingEtcdLocker.from_url(
+            f"etcd://{server.endpoint}", options, EtcdOptions(session_timeout=5), namespace=namespace
+        )
+        audit.track(locker)
+        return locker
+
+    async def steal(key: str) -> None:
+        await admin.delete_prefix(f"{namespace}{key}/".encode())
+
+    try:
+        # etcd counts lease TTLs in whole seconds, and these members' minimum is 1 s.
+        yield Backend("etcd", short_ttl=1.0, resolution=1.0, factory=factory, steal=steal)
+        await audit.check()
+    finally:
+        await admin.close()
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]] = {
+    "etcd": _etcd,
     "memory": _memory,
     "redis": _redis,
     "redis-cluster": _redis_cluster,

@@ -74,6 +74,10 @@ class _Process:
         raise NotImplementedError
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
@@ -83,6 +87,9 @@ class _Process:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -206,27 +213,37 @@ class TLSRedisServer(RedisServer):
 
 
 class EtcdServer(_Process):
-    """A single-member etcd with fast raft timers (elections in ~0.4 s, minimum lease TTL 1 s)."""
+    """An etcd member with fast raft timers (elections in ~0.4 s, minimum lease TTL 1 s).
+
+    Alone by default; ``EtcdCluster`` makes members that know each other.
+    """
 
     name = "etcd"
 
-    def __init__(self) -> None:
+    def __init__(self, member: str = "test", *, fast: bool = True) -> None:
         super().__init__()
         self.binary = find_binary("etcd", "etcd-server")
+        self.member = member
+        #: Fast raft timers; without them etcd's defaults apply (1 s elections, 2 s minimum lease TTL).
+        self.fast = fast
         self.port = free_port()
         self.peer_port = free_port()
+        self.initial_cluster = f"{member}={self.peer_url}"
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
     def command(self) -> list[str]:
-        peer = f"http://127.0.0.1:{self.peer_port}"
         client = f"http://127.0.0.1:{self.port}"
         return [
             self.binary,
             "--name",
-            "test",
+            self.member,
             "--data-dir",
             str(self.dir / "data"),
             "--listen-client-urls",
@@ -234,15 +251,14 @@ class EtcdServer(_Process):
             "--advertise-client-urls",
             client,
             "--listen-peer-urls",
-            peer,
+            self.peer_url,
             "--initial-advertise-peer-urls",
-            peer,
+            self.peer_url,
             "--initial-cluster",
-            f"test={peer}",
-            "--heartbeat-interval",
-            "20",
-            "--election-timeout",
-            "200",
+            self.initial_cluster,
+            "--initial-cluster-token",
+            "distlock-test",
+            *(["--heartbeat-interval", "20", "--election-timeout", "200"] if self.fast else []),
             "--log-level",
             "warn",
         ]
@@ -256,6 +272,33 @@ class EtcdServer(_Process):
             finally:
                 conn.close()
         return False
+
+
+class EtcdCluster:
+    """Three etcd members on loopback forming one cluster."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.members = [EtcdServer(f"m{n}") for n in range(1, size + 1)]
+        initial = ",".join(f"{m.member}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [member.endpoint for member in self.members]
+
+    def start(self) -> None:
+        # A member is healthy only once a quorum is up: start them all, then wait for each.
+        for member in self.members:
+            member.spawn()
+        for member in self.members:
+            member.wait_ready()
+
+    def cleanup(self) -> None:
+        # SIGKILL: a member whose peers are gone can take seconds to honour SIGTERM, and nothing is kept.
+        for member in self.members:
+            member.kill()
+            member.cleanup()
 
 
 class RedisClusterServers:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from .servers import RedisServer, free_port
+from .servers import EtcdServer, RedisServer, free_port
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -73,9 +73,31 @@ def test_demo_on_a_terminal_redraws_a_live_table() -> None:
 
 
 def test_unavailable_backend_scheme_exits_with_usage_error() -> None:
-    result = run("--url", "etcd://localhost:2379", "demo")
+    result = run("--url", "zookeeper://localhost:2181", "demo")
     assert result.returncode == 2
-    assert "etcd backend is not part of this version" in result.stderr
+    assert "scheme 'zookeeper' is not supported" in result.stderr
+
+
+def test_malformed_etcd_url_exits_with_usage_error() -> None:
+    result = run("--url", "etcd://localhost", "demo")
+    assert result.returncode == 2
+    assert "host:port" in result.stderr
+
+
+def test_demo_on_etcd_hands_the_lock_around(etcd_server: EtcdServer) -> None:
+    result = run("--url", f"etcd://{etcd_server.endpoint}", "demo", "--workers", "3", "--rounds", "2", "--hold", "0.02")
+    assert result.returncode == 0, result.stderr
+    acquired = re.findall(r"^\s*[\d.]+\s+(w\d)\s+acquired\s+(\d+)", result.stdout, re.MULTILINE)
+    assert len(acquired) == 6
+    tokens = [int(token) for _, token in acquired]
+    assert tokens == sorted(tokens)
+
+
+def test_demo_against_a_dead_etcd_exits_with_backend_unavailable() -> None:
+    result = run("--url", f"etcd://127.0.0.1:{free_port()}", "demo")
+    assert result.returncode == 4, result.stderr
+    assert "backend unavailable" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_demo_on_redis_hands_the_lock_around(redis_server: RedisServer) -> None:

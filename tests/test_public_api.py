@@ -14,6 +14,7 @@ SPEC_NAMES = {
     "Refresher",
     "Options",
     "EtcdOptions",
+    "EtcdLocker",
     "MemoryLocker",
     "MemoryStore",
     "RedisLocker",
@@ -24,18 +25,11 @@ SPEC_NAMES = {
     "LockLostError",
     "BackendError",
 }
-#: Public names of SPEC whose backends are not part of this version yet (they arrive with their issues).
-NOT_YET = {"EtcdLocker"}
 
 
 def test_all_is_sorted_and_complete() -> None:
     assert distlock_async.__all__ == sorted(distlock_async.__all__)
     assert set(distlock_async.__all__) == SPEC_NAMES
-
-
-@pytest.mark.parametrize("name", sorted(NOT_YET))
-def test_backends_not_built_yet_are_absent(name: str) -> None:
-    assert not hasattr(distlock_async, name)
 
 
 @pytest.mark.parametrize("name", sorted(SPEC_NAMES))
@@ -62,6 +56,11 @@ def test_protocols_are_runtime_checkable() -> None:
     assert not isinstance(object(), distlock_async.Locker)
     assert not isinstance(object(), distlock_async.Lock)
     assert not isinstance(object(), distlock_async.Refresher)
+
+
+def test_etcd_locker_rejects_wrong_argument_types() -> None:
+    with pytest.raises(TypeError, match="client"):
+        distlock_async.EtcdLocker("127.0.0.1:2379")
 
 
 def test_memory_locker_rejects_wrong_argument_types() -> None:

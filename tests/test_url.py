@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from distlock_async import EtcdOptions, MemoryLocker, Options, from_url
+from distlock_async import EtcdLocker, EtcdOptions, MemoryLocker, Options, from_url
 
 
 def test_memory_url_gives_a_memory_locker_with_the_options() -> None:
@@ -26,7 +26,14 @@ def test_each_memory_locker_from_a_url_has_its_own_store() -> None:
 @pytest.mark.parametrize(
     ("url", "match"),
     [
-        ("etcd://127.0.0.1:2379", "etcd backend is not part of this version"),
+        ("etcd://", "etcd://host:port"),
+        ("etcd://127.0.0.1", "host:port"),
+        ("etcd://127.0.0.1:http", "host:port"),
+        ("etcd://127.0.0.1:70000", "host:port"),
+        ("etcd://127.0.0.1:2379,", "host:port"),
+        ("etcd://127.0.0.1:2379/prefix", "etcd://host:port"),
+        ("etcd://127.0.0.1:2379?dial_timeout=1", "etcd://host:port"),
+        ("etcd://user:pw@127.0.0.1:2379", "etcd://host:port"),
         ("http://localhost", "scheme 'http' is not supported"),
         ("localhost:6379", "scheme://"),
         ("", "scheme://"),
@@ -51,6 +58,29 @@ def test_other_urls_raise_value_error(url: str, match: str) -> None:
 def test_wrong_types_raise_type_error(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> None:
     with pytest.raises(TypeError, match=name):
         from_url(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoints"),
+    [
+        ("etcd://127.0.0.1:2379", [("127.0.0.1", 2379)]),
+        ("ETCD://localhost:2379/", [("localhost", 2379)]),
+        (
+            "etcd://10.0.0.1:2379,10.0.0.2:2380,10.0.0.3:2381",
+            [("10.0.0.1", 2379), ("10.0.0.2", 2380), ("10.0.0.3", 2381)],
+        ),
+        ("etcd://[::1]:2379", [("::1", 2379)]),
+    ],
+)
+def test_etcd_url_gives_an_etcd_locker_that_connects_on_first_use(url: str, endpoints: list[tuple[str, int]]) -> None:
+    options, etcd_options = Options(ttl=5), EtcdOptions(dial_timeout=1)
+    locker = from_url(url, options, etcd_options=etcd_options)
+    assert isinstance(locker, EtcdLocker)
+    assert locker.options is options
+    assert locker.client is None  # nothing dialled yet: from_url stays synchronous
+    assert locker.namespace == "distlock/"
+    assert locker._driver_.endpoints == endpoints
+    assert locker._driver_.options is etcd_options
 
 
 def test_etcd_options_on_a_memory_url_are_refused() -> None:

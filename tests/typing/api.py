@@ -5,6 +5,8 @@ from __future__ import annotations
 import distlock_async
 from distlock_async import (
     DistlockError,
+    EtcdLocker,
+    EtcdOptions,
     Lock,
     Locker,
     LockLostError,
@@ -68,3 +70,10 @@ async def construction() -> None:
     url_locker: Locker = from_url("memory://", Options(max_retries=3))
     await url_locker.aclose()
     print(distlock_async.__version__, distlock_async.EtcdOptions(session_ttl=5))
+    etcd: Locker = await EtcdLocker.connect(
+        ["10.0.0.1:2379", "10.0.0.2:2379"], Options(ttl=5), EtcdOptions(session_timeout=2), namespace="jobs/"
+    )
+    await etcd.aclose()
+    lazy = EtcdLocker.from_url("etcd://127.0.0.1:2379", etcd_options=EtcdOptions(dial_timeout=1))
+    print(lazy.namespace, lazy.client)
+    await lazy.aclose()

@@ -1,0 +1,347 @@
+"""gRPC plumbing of the etcd backend, under aetcd's channel: deadlines, error mapping, shared streams.
+
+aetcd 1.0 lacks what the locks need (sort, limit and ``max_create_revision`` on ranges, a persistent
+keep-alive stream, watches that notice a member without a leader), so lock operations go through its
+raw stubs, each with a deadline, and errors are mapped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+import grpc
+from aetcd import rpc
+
+from .._core._signal import Signal
+from .._errors import BackendError
+
+logger = logging.getLogger("distlock_async")
+
+#: gRPC keep-alive: a dead or hung member is noticed within about 7 s even on an idle stream. Without
+#: ``ping_timeout_ms`` grpcio waits 60 s for a ping's answer; below 5 s etcd answers ``too_many_pings``.
+CHANNEL_OPTIONS: dict[str, Any] = {
+    "grpc.keepalive_time_ms": 5000,
+    "grpc.keepalive_timeout_ms": 2000,
+    "grpc.http2.ping_timeout_ms": 2000,
+    "grpc.http2.max_pings_without_data": 0,
+}
+
+#: Makes a member without a leader fail calls and streams at once instead of hanging.
+HASLEADER = ("hasleader", "true")
+
+CLIENT_ERRORS = (grpc.RpcError, aetcd.exceptions.ClientError, OSError, asyncio.TimeoutError)
+
+
+def parse_endpoints(endpoints: object) -> list[tuple[str, int]]:
+    """``["host:port", ...]`` as pairs; ``TypeError``/``ValueError`` naming ``endpoints`` otherwise."""
+    if isinstance(endpoints, (str, bytes)) or not isinstance(endpoints, Sequence):
+        raise TypeError(f"endpoints must be a list of 'host:port' strings, not {type(endpoints).__name__}")
+    if not endpoints:
+        raise ValueError("endpoints must not be empty")
+    parsed = []
+    for endpoint in endpoints:
+        if not isinstance(endpoint, str):
+            raise TypeError(f"endpoints must be 'host:port' strings, not {type(endpoint).__name__}")
+        host, sep, port = endpoint.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"endpoints must look like 'host:port', got {endpoint!r}")
+        parsed.append((host, int(port)))
+    return parsed
+
+
+async def resolve_target(endpoints: list[tuple[str, int]]) -> tuple[str, int]:
+    """The ``(host, port)`` that aetcd joins into a gRPC target over every endpoint.
+
+    Several endpoints need gRPC's ``ipv4:a:p,b:p`` (or ``ipv6:``) form, which takes IP literals only, so
+    host names are resolved here, once (IPv4 first).
+    """
+    loop = asyncio.get_running_loop()
+    addresses: list[tuple[int, str, int]] = []
+    for host, port in endpoints:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            infos: list[Any] = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+                if infos:
+                    break
+            if not infos:
+                raise BackendError(f"etcd endpoint {host}:{port}: cannot resolve {host!r}") from None
+            ip = ipaddress.ip_address(infos[0][4][0])
+        addresses.append((ip.version, str(ip), port))
+    versions = {version for version, _, _ in addresses}
+    if len(versions) > 1:
+        raise ValueError("etcd endpoints must be all IPv4 or all IPv6 (gRPC takes one address family per target)")
+    if 4 in versions:
+        parts = [f"{ip}:{port}" for _, ip, port in addresses]
+        scheme = "ipv4"
+    else:
+        parts = [f"[{ip}]:{port}" for _, ip, port in addresses]
+        scheme = "ipv6"
+    last = parts[-1].rpartition(":")[0]
+    return f"{scheme}:{','.join([*parts[:-1], last])}", addresses[-1][2]
+
+
+async def dial(client: aetcd.Client, timeout: float) -> None:
+    """Connect ``client`` within ``timeout`` s; fail at once when every endpoint refused."""
+    try:
+        await client.connect()
+    except CLIENT_ERRORS as exc:
+        raise BackendError(f"etcd: cannot connect: {exc}") from exc
+    channel = client.channel
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        state = channel.get_state(try_to_connect=True)
+        if state is grpc.ChannelConnectivity.READY:
+            return
+        if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            raise BackendError("etcd: cannot connect: no endpoint accepted the connection")
+        if state is grpc.ChannelConnectivity.SHUTDOWN:
+            raise BackendError("etcd: cannot connect: the client is closed")
+        left = deadline - loop.time()
+        if left <= 0:
+            raise BackendError(f"etcd: cannot connect within dial_timeout ({timeout} s)")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(channel.wait_for_state_change(state), left)
+
+
+def code(exc: BaseException) -> grpc.StatusCode | None:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code()
+    return None
+
+
+def is_lease_not_found(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, grpc.aio.AioRpcError)
+        and exc.code() is grpc.StatusCode.NOT_FOUND
+        and "lease not found" in (exc.details() or "")
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The member is gone, unreachable or without a leader: worth trying again, maybe elsewhere."""
+    return code(exc) is grpc.StatusCode.UNAVAILABLE
+
+
+class StreamFailed(Exception):
+    """A shared stream broke under a pending request; the request may be sent again on a new stream."""
+
+
+def backend_error(what: str, exc: BaseException) -> BackendError:
+    detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+    return BackendError(f"etcd {what} failed: {detail}")
+
+
+class _Stream:
+    """One long-lived bidirectional stream shared by a locker, opened on first use and after a failure.
+
+    A writer task sends queued requests one at a time (gRPC allows one write in flight); a reader task
+    hands every response to ``on_response``. When the stream fails, ``on_failure`` hears of it and the next
+    ``send`` opens a new one.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        open_call: Callable[[], Any],
+        on_response: Callable[[Any], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        self.name = name
+        self._open_call = open_call
+        self._on_response = on_response
+        self._on_failure = on_failure
+        self._call: Any = None
+        self._queue: asyncio.Queue[Any] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def open(self) -> bool:
+        return self._call is not None
+
+    def send(self, request: Any) -> None:
+        if self._call is None:
+            self._call = self._open_call()
+            self._queue = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            call, queue = self._call, self._queue
+            self._tasks = [
+                loop.create_task(self._write(call, queue), name=f"distlock_async: etcd {self.name} writer"),
+                loop.create_task(self._read(call), name=f"distlock_async: etcd {self.name} reader"),
+            ]
+        assert self._queue is not None
+        self._queue.put_nowait(request)
+
+    async def _write(self, call: Any, queue: asyncio.Queue[Any]) -> None:
+        try:
+            while True:
+                await call.write(await queue.get())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stream is broken: end it, and let the reader report why
+            logger.debug("etcd %s stream: write failed: %r", self.name, exc)
+            call.cancel()
+
+    async def _read(self, call: Any) -> None:
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                self._on_response(response)
+            self._fail(call, ConnectionError(f"etcd closed the {self.name} stream"))
+        except asyncio.CancelledError:
+            if self._call is call:
+                # grpc raises CancelledError from read() when the call was cancelled, not this task
+                self._fail(call, ConnectionError(f"the {self.name} stream was cancelled"))
+            raise
+        except Exception as exc:
+            self._fail(call, exc)
+
+    def _fail(self, call: Any, exc: BaseException) -> None:
+        if self._call is not call:
+            return
+        logger.debug("etcd %s stream failed: %r", self.name, exc)
+        self._call = None
+        call.cancel()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._on_failure(exc)
+
+    async def aclose(self) -> None:
+        call, tasks = self._call, self._tasks
+        self._call, self._tasks = None, []
+        if call is not None:
+            call.cancel()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+class KeepAlives:
+    """Keep-alives of any number of leases over one ``LeaseKeepAlive`` stream (aetcd opens one per call)."""
+
+    def __init__(self, open_call: Callable[[], Any]) -> None:
+        self._waiting: dict[int, list[asyncio.Future[int]]] = {}
+        self._stream = _Stream("keep-alive", open_call, self._response, self._failure)
+
+    def _response(self, response: Any) -> None:
+        waiting = self._waiting.get(response.ID)
+        if waiting:
+            future = waiting.pop(0)
+            if not future.done():
+                future.set_result(int(response.TTL))
+
+    def _failure(self, exc: BaseException) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for futures in waiting.values():
+            for future in futures:
+                if not future.done():
+                    failed = StreamFailed(f"the keep-alive stream failed: {exc!r}")
+                    failed.__cause__ = exc
+                    future.set_exception(failed)
+
+    async def keep_alive(self, lease_id: int, timeout: float) -> int:
+        """Send one keep-alive; the lease's new TTL in seconds, ``<= 0`` if it is gone."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._waiting.setdefault(lease_id, []).append(future)
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            self._stream.send(rpc.LeaseKeepAliveRequest(ID=lease_id))
+            return await future
+        except TimeoutError as exc:
+            # The stream may be stuck on a hung member: start afresh next time.
+            await self._stream.aclose()
+            self._failure(exc)
+            raise BackendError(f"etcd keep-alive got no answer within {timeout} s") from exc
+        finally:
+            timer.cancel()
+            waiting = self._waiting.get(lease_id)
+            if waiting is not None:
+                with contextlib.suppress(ValueError):
+                    waiting.remove(future)
+                if not waiting:
+                    del self._waiting[lease_id]
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+        self._failure(ConnectionError("the locker was closed"))
+
+
+class Watch:
+    """One watch for the deletion of a key; ``fired`` is set on the deletion or when the stream fails."""
+
+    __slots__ = ("fired", "id", "key")
+
+    def __init__(self, watch_id: int, key: bytes) -> None:
+        self.id = watch_id
+        self.key = key
+        self.fired = Signal()
+
+
+class Watches:
+    """Watches for deletions over one ``Watch`` stream with the ``hasleader`` metadata."""
+
+    def __init__(self, open_call: Callable[[], Any]) -> None:
+        self._ids = itertools.count(1)
+        self._watches: dict[int, Watch] = {}
+        self._stream = _Stream("watch", open_call, self._response, self._failure)
+
+    def _response(self, response: Any) -> None:
+        watch = self._watches.get(response.watch_id)
+        if watch is None:
+            return
+        if (
+            response.canceled
+            or response.compact_revision
+            or any(event.type == rpc.Event.EventType.DELETE for event in response.events)
+        ):
+            # A compacted start revision or a cancel by the server: wake up and look again.
+            watch.fired.set()
+
+    def _failure(self, exc: BaseException) -> None:
+        watches, self._watches = self._watches, {}
+        for watch in watches.values():
+            watch.fired.set()
+
+    def watch_delete(self, key: bytes, start_revision: int) -> Watch:
+        watch = Watch(next(self._ids), key)
+        self._watches[watch.id] = watch
+        create = rpc.WatchCreateRequest(
+            key=key,
+            start_revision=start_revision,
+            filters=[rpc.WatchCreateRequest.FilterType.NOPUT],
+            watch_id=watch.id,
+        )
+        self._stream.send(rpc.WatchRequest(create_request=create))
+        return watch
+
+    def cancel(self, watch: Watch) -> None:
+        if self._watches.pop(watch.id, None) is not None and self._stream.open:
+            self._stream.send(rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=watch.id)))
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+        self._failure(ConnectionError("the locker was closed"))

@@ -1,0 +1,640 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aetcd
+import grpc
+from aetcd import rpc
+
+from .._core._driver import Busy, Granted
+from .._core._locker import LockerBase
+from .._errors import BackendError
+from .._options import EtcdOptions, Options
+from ._etcd_io import (
+    CHANNEL_OPTIONS,
+    CLIENT_ERRORS,
+    HASLEADER,
+    KeepAlives,
+    StreamFailed,
+    Watch,
+    Watches,
+    backend_error,
+    code,
+    dial,
+    is_lease_not_found,
+    is_transient,
+    parse_endpoints,
+    resolve_target,
+)
+
+__all__ = ["EtcdLocker"]
+
+logger = logging.getLogger("distlock_async")
+
+_HEX = frozenset(b"0123456789abcdef")
+
+#: Pauses between tries of an RPC that found its member unavailable or leaderless, in seconds.
+_FIRST_PAUSE = 0.02
+_MAX_PAUSE = 0.25
+
+#: What ``ttl()`` shows for a lease that etcd reports alive with 0 whole seconds left.
+_MIN_REMAINING = 0.001
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The end of the key range of every key that starts with ``prefix`` (it ends in ``/``)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def _is_member(prefix: bytes, key: bytes) -> bool:
+    """A lock key of this name (``prefix`` + lease ID in hex), not one of a name nested below it."""
+    suffix = key[len(prefix) :]
+    return bool(suffix) and _HEX.issuperset(suffix)
+
+
+def _new_lease_id() -> int:
+    # Chosen here rather than by etcd so that a grant whose answer never came can still be revoked.
+    return secrets.randbits(63) or 1
+
+
+class _Held:
+    """The handle of a granted lock: its lease, its key, and when the lease ends at the earliest."""
+
+    __slots__ = ("expires_at", "key", "lease_id", "revision")
+
+    def __init__(self, lease_id: int, key: bytes, revision: int, expires_at: float) -> None:
+        self.lease_id = lease_id
+        self.key = key
+        self.revision = revision
+        #: Event loop time: when the last grant or keep-alive was sent, plus the TTL it was answered with.
+        self.expires_at = expires_at
+
+
+class _EtcdContender:
+    """One ``obtain``: a lease, a key queued under the lock's name, a watch on the key just ahead of it."""
+
+    __slots__ = (
+        "_driver",
+        "_expires_at",
+        "_grant",
+        "_kept_alive_at",
+        "_key",
+        "_lease_id",
+        "_lease_ttl",
+        "_own",
+        "_prefix",
+        "_revision",
+        "_token",
+        "_watch",
+    )
+
+    def __init__(self, driver: _EtcdDriver, key: str, token: str, ttl: float) -> None:
+        self._driver = driver
+        self._key = key
+        self._token = token
+        self._prefix = f"{driver.namespace}{key}/".encode()
+        self._lease_ttl = driver.lease_ttl(ttl)
+        self._lease_id = 0
+        self._grant: asyncio.Task[int] | None = None
+        self._own = b""
+        self._revision = 0
+        self._kept_alive_at = 0.0
+        self._expires_at = 0.0
+        self._watch: Watch | None = None
+
+    async def _new_lease(self) -> None:
+        driver = self._driver
+        self._drop_watch()
+        self._revision = 0
+        self._lease_id = lease_id = _new_lease_id()
+        self._own = self._prefix + f"{lease_id:x}".encode()
+        # The grant runs in a task of its own that a cancelled obtain leaves running, so that close()
+        # can wait for its outcome before revoking: a revoke that overtook the grant would leak the lease.
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        self._grant = loop.create_task(
+            driver.grant(lease_id, self._lease_ttl), name=f"distlock_async: etcd lease grant for {self._key!r}"
+        )
+        granted_ttl = await asyncio.shield(self._grant)
+        self._kept_alive_at = sent
+        self._expires_at = sent + granted_ttl
+
+    async def attempt(self) -> Granted | Busy:
+        if self._grant is None:
+            await self._new_lease()
+        try:
+            reply = await self._txn()
+        except BackendError as exc:
+            if exc.__cause__ is None or not is_lease_not_found(exc.__cause__):
+                raise
+            # Our lease expired while we waited (its keep-alives failed): queue again with a new one.
+            logger.debug("lock %r: the waiter's lease expired; queueing again", self._key)
+            await self._new_lease()
+            reply = await self._txn()
+        if reply.succeeded:
+            revision = reply.header.revision
+        else:
+            revision = reply.responses[0].response_range.kvs[0].create_revision
+        if revision != self._revision:
+            self._drop_watch()  # queued afresh: the key ahead of us is another one
+            self._revision = revision
+        first = reply.responses[1].response_range.kvs
+        if first and not _is_member(self._prefix, first[0].key):
+            first = await self._driver.members(self._prefix, limit_one=True)
+        if first and first[0].create_revision == revision:
+            return Granted(revision, _Held(self._lease_id, self._own, revision, self._expires_at))
+        return Busy()
+
+    async def _txn(self) -> Any:
+        """Go's ``Mutex.tryAcquire``: queue our key unless it is queued already, and read the first key."""
+        own, prefix = self._own, self._prefix
+        first = rpc.RequestOp(
+            request_range=rpc.RangeRequest(
+                key=prefix,
+                range_end=_range_end(prefix),
+                sort_order=rpc.RangeRequest.SortOrder.ASCEND,
+                sort_target=rpc.RangeRequest.SortTarget.CREATE,
+                limit=1,
+                keys_only=True,
+            )
+        )
+        request = rpc.TxnRequest(
+            compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=own, create_revision=0)],
+            success=[
+                rpc.RequestOp(request_put=rpc.PutRequest(key=own, value=self._token.encode(), lease=self._lease_id)),
+                first,
+            ],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=own)), first],
+        )
+        return await self._driver.call("txn", "kv", "Txn", request)
+
+    async def wait(self, timeout: float) -> bool:
+        driver = self._driver
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = self._lease_ttl / 3
+        while True:
+            if self._watch is None:
+                ahead = await driver.predecessor(self._prefix, self._revision)
+                if ahead is None:
+                    return True  # nobody ahead of us any more
+                key, revision = ahead
+                self._watch = driver.watches.watch_delete(key, revision + 1)
+            now = loop.time()
+            keep_alive_at = self._kept_alive_at + interval
+            if await self._watch.fired.wait(max(0.0, min(deadline, keep_alive_at) - now)):
+                logger.debug("lock %r: the key ahead of ours is gone; trying again", self._key)
+                self._drop_watch()
+                return True
+            now = loop.time()
+            if now >= keep_alive_at:
+                # A waiter keeps its lease alive as a holder does, or it would drop out of the queue.
+                ttl = await driver.keep_alive(self._lease_id)
+                if ttl <= 0:
+                    return True
+                self._kept_alive_at = now
+                self._expires_at = now + ttl
+            if now >= deadline:
+                return False
+
+    def _drop_watch(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            self._driver.watches.cancel(watch)
+
+    async def close(self, granted: Granted | None) -> None:
+        # Idempotent: ``_grant`` is forgotten only once the lease is dealt with, so a run cut short by a
+        # cancellation is repeated in full.
+        self._drop_watch()
+        grant = self._grant
+        if granted is not None or grant is None:
+            self._grant = None
+            await asyncio.sleep(0)
+            return
+        # Leaving without the lock (gave up, cancelled, failed): take our key out of the queue by revoking
+        # its lease, once the grant has had its outcome.
+        if not grant.done():
+            await asyncio.wait({grant})
+        failure = None if grant.cancelled() else grant.exception()
+        if failure is None or not _surely_not_granted(failure):
+            try:
+                await self._driver.revoke(self._lease_id)
+            except BackendError as exc:
+                logger.warning(
+                    "could not revoke the lease of an abandoned obtain of %r (%s); it expires with its TTL",
+                    self._key,
+                    exc,
+                )
+        self._grant = None
+
+
+def _surely_not_granted(exc: BaseException | None) -> bool:
+    """The grant failed in a way that proves no lease of ours exists (etcd refused it outright)."""
+    cause = exc.__cause__ if exc is not None else None
+    return cause is not None and code(cause) in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+class _EtcdDriver:
+    def __init__(
+        self,
+        client: aetcd.Client | None,
+        endpoints: list[tuple[str, int]] | None,
+        options: EtcdOptions,
+        namespace: str,
+    ) -> None:
+        self.client = client
+        self.endpoints = endpoints
+        self.owned = client is None
+        self.options = options
+        self.namespace = namespace
+        self.deadline = options.session_timeout
+        self.cleanup_timeout = options.session_timeout
+        self.closed = False
+        self._connecting: asyncio.Lock | None = None
+        self._ready = False
+        self._warned_ttl = False
+        self.keep_alives = KeepAlives(lambda: self._client().leasestub.LeaseKeepAlive(metadata=self.metadata))
+        self.watches = Watches(lambda: self._watchstub.Watch(metadata=self.metadata))
+        self._watchstub: Any = None
+
+    # --- connection -------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        assert self.client is not None
+        return self.client
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (*(self._client().metadata or ()), HASLEADER)
+
+    async def ensure(self) -> None:
+        if self.closed:
+            raise RuntimeError("the EtcdLocker is closed; the locks it held expire with their TTL")
+        if self._ready:
+            return  # the RPC that follows is the checkpoint
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if not self._ready:
+                await self._connect()
+
+    async def _connect(self) -> None:
+        if self.client is None:
+            assert self.endpoints is not None
+            host, port = await resolve_target(self.endpoints)
+            self.client = aetcd.Client(host=host, port=port, options=dict(CHANNEL_OPTIONS))
+        if self.owned:
+            try:
+                await dial(self.client, self.options.dial_timeout)
+            except BaseException:
+                client, self.client = self.client, None
+                with contextlib.suppress(*CLIENT_ERRORS):
+                    await client.close()
+                raise
+        else:
+            try:
+                await self.client.connect()
+            except CLIENT_ERRORS as exc:
+                raise backend_error("connect", exc) from exc
+        # aetcd's own watcher cannot send the ``hasleader`` metadata: the locker keeps a stub of its own.
+        self._watchstub = rpc.WatchStub(self._client().channel)
+        self._ready = True
+
+    async def call(self, what: str, stub: str, method: str, request: Any, *, retried: list[bool] | None = None) -> Any:
+        """One unary RPC within the deadline, sent again while the member is unavailable or leaderless.
+
+        Every request the locker sends is safe to repeat (the obtain txn compares before it writes, lease
+        IDs are ours), and repeating it lets a locker with several endpoints fail over to another member,
+        or ride out a leader election. ``retried`` gets ``True`` appended if the request was sent again.
+        """
+        await self.ensure()
+        client = self._client()
+        function = getattr({"kv": client.kvstub, "lease": client.leasestub}[stub], method)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                return await function(request, timeout=max(deadline - loop.time(), 0.001), metadata=self.metadata)
+            except CLIENT_ERRORS as exc:
+                if not is_transient(exc) or loop.time() + pause >= deadline:
+                    raise backend_error(what, exc) from exc
+                logger.debug("etcd %s failed (%s); trying again in %.2f s", what, exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, _MAX_PAUSE)
+            if retried is not None:
+                retried.append(True)
+
+    # --- leases ------------------------------------------------------------------------------------
+
+    def lease_ttl(self, ttl: float) -> int:
+        return self.options.session_ttl or max(1, math.ceil(ttl))
+
+    async def grant(self, lease_id: int, ttl: int) -> int:
+        """Grant a lease with our ID; the TTL etcd gave it."""
+        retried: list[bool] = []
+        try:
+            reply = await self.call(
+                "lease grant", "lease", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id), retried=retried
+            )
+        except BackendError as exc:
+            if retried and exc.__cause__ is not None and "lease already exists" in str(exc):
+                return ttl  # our first try was applied after all
+            raise
+        if reply.error:
+            raise BackendError(f"etcd lease grant failed: {reply.error}")
+        if ttl < reply.TTL and not self._warned_ttl:
+            self._warned_ttl = True
+            logger.warning(
+                "etcd raised the lease TTL from %d s to its minimum of %d s (1.5 election timeouts): "
+                "locks of this locker live at least that long",
+                ttl,
+                reply.TTL,
+            )
+        return int(reply.TTL)
+
+    async def revoke(self, lease_id: int) -> bool:
+        """Revoke a lease, deleting its key; ``False`` if it was gone already."""
+        retried: list[bool] = []
+        try:
+            await self.call(
+                "lease revoke", "lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id), retried=retried
+            )
+        except BackendError as exc:
+            if exc.__cause__ is not None and is_lease_not_found(exc.__cause__):
+                return bool(retried)  # gone, unless by our own first try
+            raise
+        return True
+
+    async def keep_alive(self, lease_id: int) -> int:
+        """One keep-alive within the deadline; the lease's new TTL, ``<= 0`` if it is gone."""
+        await self.ensure()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                return await self.keep_alives.keep_alive(lease_id, max(deadline - loop.time(), 0.001))
+            except StreamFailed as exc:
+                if self.closed or loop.time() + pause >= deadline:
+                    raise BackendError(f"etcd keep-alive failed: {exc}") from exc.__cause__
+                logger.debug("%s; trying again in %.2f s", exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, _MAX_PAUSE)
+
+    # --- the queue of a lock -----------------------------------------------------------------------
+
+    async def members(self, prefix: bytes, *, limit_one: bool) -> list[Any]:
+        """The lock keys of a name in queue order, without the keys of names nested below it."""
+        request = rpc.RangeRequest(
+            key=prefix,
+            range_end=_range_end(prefix),
+            sort_order=rpc.RangeRequest.SortOrder.ASCEND,
+            sort_target=rpc.RangeRequest.SortTarget.CREATE,
+            keys_only=True,
+        )
+        reply = await self.call("range", "kv", "Range", request)
+        members = [kv for kv in reply.kvs if _is_member(prefix, kv.key)]
+        return members[:1] if limit_one else members
+
+    async def predecessor(self, prefix: bytes, revision: int) -> tuple[bytes, int] | None:
+        """The key queued just ahead of the one created at ``revision``, and the revision it was seen at."""
+        request = rpc.RangeRequest(
+            key=prefix,
+            range_end=_range_end(prefix),
+            sort_order=rpc.RangeRequest.SortOrder.DESCEND,
+            sort_target=rpc.RangeRequest.SortTarget.CREATE,
+            max_create_revision=revision - 1,
+            limit=1,
+            keys_only=True,
+        )
+        reply = await self.call("range", "kv", "Range", request)
+        kvs = list(reply.kvs)
+        if kvs and not _is_member(prefix, kvs[0].key):
+            request.ClearField("limit")
+            reply = await self.call("range", "kv", "Range", request)
+            kvs = [kv for kv in reply.kvs if _is_member(prefix, kv.key)]
+        if not kvs:
+            return None
+        return kvs[0].key, reply.header.revision
+
+    async def key_state(self, key: str) -> tuple[bool, float | None, int]:
+        """What ``distlock status`` shows: held, the holder's remaining seconds, the fencing counter.
+
+        The counter is the holder's fencing token while the key is held, else the cluster's revision,
+        which the next obtain's token will exceed.
+        """
+        prefix = f"{self.namespace}{key}/".encode()
+        queue = await self.members(prefix, limit_one=True)
+        if not queue:
+            reply = await self.call("range", "kv", "Range", rpc.RangeRequest(key=prefix, count_only=True))
+            return False, None, int(reply.header.revision)
+        holder = queue[0]
+        info = await self.call(
+            "lease time-to-live", "lease", "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=holder.lease)
+        )
+        # A key without a lease (written by hand) holds the lock until deleted.
+        ttl = None if holder.lease == 0 else max(float(info.TTL), 0.0)
+        return True, ttl, int(holder.create_revision)
+
+    # --- Driver ------------------------------------------------------------------------------------
+
+    def contender(self, key: str, token: str, ttl: float) -> _EtcdContender:
+        return _EtcdContender(self, key, token, ttl)
+
+    async def _owns(self, held: _Held) -> bool:
+        reply = await self.call("range", "kv", "Range", rpc.RangeRequest(key=held.key))
+        return bool(reply.kvs) and reply.kvs[0].create_revision == held.revision and reply.kvs[0].lease == held.lease_id
+
+    async def release(self, key: str, token: str, handle: object) -> bool:
+        assert isinstance(handle, _Held)
+        owned = await self._owns(handle)
+        return await self.revoke(handle.lease_id) and owned
+
+    async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
+        assert isinstance(handle, _Held)
+        sent = asyncio.get_running_loop().time()
+        lease_ttl = await self.keep_alive(handle.lease_id)
+        if lease_ttl <= 0:
+            return False
+        if await self._owns(handle):
+            handle.expires_at = sent + lease_ttl
+            return True
+        # Our key was deleted behind our back: the lease holds nothing any more.
+        await self.revoke(handle.lease_id)
+        return False
+
+    async def remaining(self, key: str, token: str, handle: object) -> float:
+        assert isinstance(handle, _Held)
+        reply = await self.call(
+            "lease time-to-live", "lease", "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=handle.lease_id, keys=True)
+        )
+        if reply.TTL < 0 or handle.key not in reply.keys:
+            return 0.0
+        # etcd truncates to whole seconds (a live lease can show 0): the true time left lies in
+        # [TTL, TTL + 1), where our own clock narrows it down.
+        estimate = handle.expires_at - asyncio.get_running_loop().time()
+        server_ttl = float(reply.TTL)
+        return min(max(estimate, server_ttl, _MIN_REMAINING), server_ttl + 1.0)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self.keep_alives.aclose()
+        await self.watches.aclose()
+        if self.owned and self.client is not None:
+            client, self.client = self.client, None
+            try:
+                await client.close()
+            except CLIENT_ERRORS as exc:
+                logger.debug("closing the etcd client failed: %r", exc)
+
+
+_E = TypeVar("_E", bound="EtcdLocker")
+
+
+def _check_namespace(namespace: object) -> str:
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+    return namespace
+
+
+class EtcdLocker(LockerBase):
+    """Locks in etcd, compatible with etcd's Go ``concurrency.Mutex`` and ``etcdctl lock``.
+
+    Each obtained lock has a lease of its own, and its key ``<namespace><key>/<lease ID in hex>`` is
+    attached to it; the lock belongs to the key of the name with the lowest create revision, which is
+    also the lock's fencing token. Waiters queue their own keys and each watches only the key ahead of
+    it, so the lock passes in FIFO order, waking one waiter per release. ``release()`` revokes the lease;
+    ``refresh()`` keeps it alive once over the locker's keep-alive stream and checks that the key is
+    still there; ``ttl()`` is the lease's remaining time in whole seconds.
+
+    A lease lives ``EtcdOptions.session_ttl`` seconds, by default the lock's ``ttl`` rounded up to whole
+    seconds; etcd raises a shorter TTL to its minimum (1.5 election timeouts, 2 s with its default
+    settings) and a leader change resets it to the full TTL. Every RPC has a deadline of
+    ``EtcdOptions.session_timeout`` seconds.
+
+    Args:
+        client: an ``aetcd.Client``. The locker never closes it.
+        options: defaults for every lock of this locker.
+        etcd_options: settings of the etcd backend.
+        namespace: prefix of every key the locker writes (include a trailing ``/`` if you want one).
+
+    Raises:
+        TypeError: an argument has the wrong type.
+    """
+
+    def __init__(
+        self,
+        client: aetcd.Client,
+        options: Options | None = None,
+        etcd_options: EtcdOptions | None = None,
+        *,
+        namespace: str = "distlock/",
+    ) -> None:
+        if not isinstance(client, aetcd.Client):
+            raise TypeError(f"client must be an aetcd.Client, not {type(client).__name__}")
+        self._init(client, None, options, etcd_options, namespace)
+
+    def _init(
+        self,
+        client: aetcd.Client | None,
+        endpoints: list[tuple[str, int]] | None,
+        options: Options | None,
+        etcd_options: EtcdOptions | None,
+        namespace: str,
+    ) -> None:
+        if etcd_options is not None and not isinstance(etcd_options, EtcdOptions):
+            raise TypeError(
+                f"etcd_options must be distlock_async.EtcdOptions or None, not {type(etcd_options).__name__}"
+            )
+        self._driver_ = _EtcdDriver(client, endpoints, etcd_options or EtcdOptions(), _check_namespace(namespace))
+        super().__init__(self._driver_, options)
+
+    @classmethod
+    async def connect(
+        cls: type[_E],
+        endpoints: list[str],
+        options: Options | None = None,
+        etcd_options: EtcdOptions | None = None,
+        *,
+        namespace: str = "distlock/",
+    ) -> _E:
+        """A locker over a client of its own, connected to ``endpoints`` of one etcd cluster.
+
+        The client fails over between the endpoints (gRPC's multi-address ``pick_first``); host names are
+        resolved once, here. Connecting waits at most ``EtcdOptions.dial_timeout`` seconds. The locker
+        closes the client in ``aclose()``.
+
+        Args:
+            endpoints: ``["host:port", ...]`` of the cluster's members.
+
+        Raises:
+            TypeError: an argument has the wrong type.
+            ValueError: an endpoint is malformed.
+            BackendError: no endpoint could be reached within ``dial_timeout``.
+        """
+        self = cls._unconnected(parse_endpoints(endpoints), options, etcd_options, namespace)
+        try:
+            await self._driver_.ensure()
+        except BaseException:
+            await self._driver_.aclose()
+            raise
+        return self
+
+    @classmethod
+    def from_url(
+        cls: type[_E],
+        url: str,
+        options: Options | None = None,
+        etcd_options: EtcdOptions | None = None,
+        *,
+        namespace: str = "distlock/",
+    ) -> _E:
+        """A locker over ``etcd://host:port[,host:port...]`` that owns its client and connects on first use.
+
+        Raises:
+            TypeError: an argument has the wrong type.
+            ValueError: the URL is malformed.
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "etcd" or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"etcd URLs look like 'etcd://host:port[,host:port...]', got {url!r}")
+        if not parts.netloc or "@" in parts.netloc:
+            raise ValueError(f"etcd URLs look like 'etcd://host:port[,host:port...]', got {url!r}")
+        return cls._unconnected(parse_endpoints(parts.netloc.split(",")), options, etcd_options, namespace)
+
+    @classmethod
+    def _unconnected(
+        cls: type[_E],
+        endpoints: list[tuple[str, int]],
+        options: Options | None,
+        etcd_options: EtcdOptions | None,
+        namespace: str,
+    ) -> _E:
+        self = cls.__new__(cls)
+        self._init(None, endpoints, options, etcd_options, namespace)
+        return self
+
+    @property
+    def client(self) -> aetcd.Client | None:
+        """The aetcd client this locker was given or made (``None`` until a URL locker first connects)."""
+        return self._driver_.client
+
+    @property
+    def namespace(self) -> str:
+        """The prefix of every key this locker writes."""
+        return self._driver_.namespace
+
+    def __repr__(self) -> str:
+        return f"<distlock_async.EtcdLocker namespace={self.namespace!r}>"
+
+
+EtcdLocker.__module__ = "distlock_async"

@@ -1,0 +1,109 @@
+"""What the etcd tests look at on the server: leases nobody explains, watches nobody cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import re
+from typing import Any
+
+import aetcd
+from aetcd import rpc
+
+from distlock_async import EtcdLocker
+from distlock_async._core._lock import HeldLock
+
+_WATCHERS = re.compile(rb"^etcd_debugging_mvcc_watcher_total (\S+)$", re.MULTILINE)
+
+
+class TracingEtcdLocker(EtcdLocker):
+    """An EtcdLocker that remembers the lease of every lock it handed out, and checks on close that
+    no watch of a finished obtain was left registered."""
+
+    granted: set[int]
+    leftover_watches: int
+
+    async def _obtain(self, key: str, settings: Any) -> HeldLock:
+        lock = await super()._obtain(key, settings)
+        self.granted.add(lock._handle.lease_id)  # type: ignore[attr-defined]
+        return lock
+
+    async def aclose(self) -> None:
+        self.leftover_watches = max(self.leftover_watches, len(self._driver_.watches._watches))
+        await super().aclose()
+
+
+async def leases(admin: aetcd.Client) -> set[int]:
+    await admin.connect()
+    reply = await admin.leasestub.LeaseLeases(rpc.LeaseLeasesRequest(), timeout=5)
+    return {lease.ID for lease in reply.leases}
+
+
+def watchers(port: int) -> int:
+    """The member's count of open watches (from its Prometheus metrics)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        match = _WATCHERS.search(conn.getresponse().read())
+    finally:
+        conn.close()
+    assert match is not None, "etcd exposes no etcd_debugging_mvcc_watcher_total"
+    return int(float(match.group(1)))
+
+
+class EtcdAudit:
+    """After a test: every lease created meanwhile belongs to a lock that was handed out; no watch is open."""
+
+    def __init__(self, admin: aetcd.Client, port: int) -> None:
+        self.admin = admin
+        self.port = port
+        self.before: set[int] = set()
+        self.lockers: list[TracingEtcdLocker] = []
+
+    async def start(self) -> None:
+        self.before = await leases(self.admin)
+
+    def track(self, locker: TracingEtcdLocker) -> None:
+        locker.granted = set()
+        locker.leftover_watches = 0
+        self.lockers.append(locker)
+
+    async def check(self) -> None:
+        for locker in self.lockers:
+            assert locker.leftover_watches == 0, "a watch outlived its obtain"
+        granted = set().union(*(locker.granted for locker in self.lockers))
+        leaked = await leases(self.admin) - self.before - granted
+        assert not leaked, f"leases no lock explains: {sorted(leaked)}"
+        for _ in range(200):
+            if watchers(self.port) == 0:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"etcd still has {watchers(self.port)} watches open")
+
+
+def metrics(port: int) -> dict[str, float]:
+    """The member's Prometheus metrics, ``name{labels}`` to value."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    values = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def unary_calls(snapshot: dict[str, float]) -> dict[str, int]:
+    """Unary RPCs the member has started, by method."""
+    calls = {}
+    for name, value in snapshot.items():
+        if name.startswith("grpc_server_started_total{") and 'grpc_type="unary"' in name:
+            method = re.search(r'grpc_method="(\w+)"', name)
+            assert method is not None
+            calls[method.group(1)] = int(value)
+    return calls

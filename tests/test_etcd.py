@@ -1,0 +1,612 @@
+"""What is specific to etcd: the Go Mutex key layout and interop, RPCs per cycle, FIFO waiting without a
+herd, the post-wait check of the waiter's own key, leases of abandoned obtains, hung members, failover.
+
+An autouse fixture checks after every test that the server has no lease that a handed-out lock does not
+explain, and no watch left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aetcd
+import anyio
+import grpc
+import pytest
+from aetcd import rpc
+
+from distlock_async import (
+    BackendError,
+    EtcdLocker,
+    EtcdOptions,
+    Lock,
+    NotObtainedError,
+    Options,
+)
+
+from . import proxy
+from .etcd_helpers import EtcdAudit, TracingEtcdLocker, leases, metrics, unary_calls
+from .servers import EtcdCluster, EtcdServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+LIMIT = 20.0
+NS = "distlock/"
+
+#: The delay proxy; main's harness renames it ``FaultProxy`` (same arguments): take whichever exists.
+DelayProxy: Any = vars(proxy).get("FaultProxy") or vars(proxy)["DelayProxy"]
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+async def admin(etcd_server: EtcdServer) -> AsyncIterator[aetcd.Client]:
+    client = aetcd.Client(host="127.0.0.1", port=etcd_server.port, timeout=5)
+    await client.connect()
+    yield client
+    await client.close()
+
+
+@pytest.fixture(autouse=True)
+async def audit(admin: aetcd.Client, etcd_server: EtcdServer) -> AsyncIterator[EtcdAudit]:
+    audit = EtcdAudit(admin, etcd_server.port)
+    await audit.start()
+    yield audit
+    for locker in audit.lockers:
+        await locker.aclose()
+    await audit.check()
+
+
+@pytest.fixture
+def make(audit: EtcdAudit, etcd_server: EtcdServer) -> Any:
+    """``make(options=None, etcd_options=None, url=None)``: a tracked locker on the session's etcd."""
+
+    def make(
+        options: Options | None = None, etcd_options: EtcdOptions | None = None, url: str | None = None
+    ) -> TracingEtcdLocker:
+        locker = TracingEtcdLocker.from_url(url or f"etcd://{etcd_server.endpoint}", options, etcd_options)
+        audit.track(locker)
+        return locker
+
+    return make
+
+
+async def queue(admin: aetcd.Client, name: str) -> list[Any]:
+    """The lock keys under ``name``, oldest first."""
+    prefix = f"{NS}{name}/".encode()
+    request = rpc.RangeRequest(
+        key=prefix,
+        range_end=prefix[:-1] + b"0",
+        sort_order=rpc.RangeRequest.SortOrder.ASCEND,
+        sort_target=rpc.RangeRequest.SortTarget.CREATE,
+    )
+    reply = await admin.kvstub.Range(request, timeout=5)
+    return list(reply.kvs)
+
+
+async def queue_length(admin: aetcd.Client, name: str, n: int) -> bool:
+    return len(await queue(admin, name)) >= n
+
+
+async def no_leases(admin: aetcd.Client) -> bool:
+    return not await leases(admin)
+
+
+async def poll_until(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Wait (bounded) for a state that only the server can show: an outside process's key, say."""
+    for _ in range(int(LIMIT / 0.01)):
+        if await condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server never reached the expected state")
+
+
+class _Counter(logging.Handler):
+    def __init__(self, needle: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.needle = needle
+        self.count = 0
+        self.changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.count += 1
+            self.changed.set()
+
+    async def until(self, n: int) -> None:
+        with anyio.fail_after(LIMIT):
+            while self.count < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+def counter() -> Iterator[Any]:
+    """``counter(needle)``: counts the ``distlock_async`` log records containing ``needle``."""
+    logger = logging.getLogger("distlock_async")
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    handlers: list[_Counter] = []
+
+    def make(needle: str) -> _Counter:
+        handler = _Counter(needle)
+        logger.addHandler(handler)
+        handlers.append(handler)
+        return handler
+
+    yield make
+    for handler in handlers:
+        logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+WAITING = "is held by another owner; waiting"
+WOKEN = "the key ahead of ours is gone"
+
+
+# --- keys, interop ------------------------------------------------------------------------------------
+
+
+async def test_key_layout_is_that_of_go_concurrency_mutex(make: Any, admin: aetcd.Client) -> None:
+    lock = await make().obtain("job/42")
+    lease_id = lock._handle.lease_id
+    [kv] = await queue(admin, "job/42")
+    assert kv.key == f"{NS}job/42/{lease_id:x}".encode()
+    assert kv.lease == lease_id
+    assert kv.create_revision == lock.fencing_token
+    info = await admin.leasestub.LeaseTimeToLive(rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=5)
+    assert list(info.keys) == [kv.key]
+    await lock.release()
+    assert await queue(admin, "job/42") == []
+    assert lease_id not in await leases(admin)
+
+
+async def test_names_nested_below_a_held_name_do_not_block_it(make: Any) -> None:
+    locker = make()
+    nested = [await locker.obtain(key) for key in ("a/x", "a/0", "a/f00d", "a/")]
+    lock = await locker.obtain("a", max_retries=0)  # its keys are nested too: must not count as holders
+    for held in [*nested, lock]:
+        await held.release()
+
+
+@pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl (Debian's etcd-client) is not installed")
+async def test_interop_with_etcdctl_lock(make: Any, admin: aetcd.Client, etcd_server: EtcdServer) -> None:
+    async def etcdctl_lock() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            "etcdctl",
+            f"--endpoints={etcd_server.endpoint}",
+            "lock",
+            f"{NS}shared",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+
+    async def stop(proc: asyncio.subprocess.Process, key: bytes) -> None:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+        # etcdctl leaves its session lease to expire (60 s): revoke it so that the lease audit stays exact.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            lease_id = int(key.rpartition(b"/")[2], 16)
+            await admin.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=5)
+
+    locker = make()
+    # etcdctl holds the name: we cannot have it.
+    go = await etcdctl_lock()
+    key = b""
+    try:
+        assert go.stdout is not None
+        with anyio.fail_after(LIMIT):
+            key = (await go.stdout.readline()).strip()
+        assert key.startswith(f"{NS}shared/".encode())
+        with pytest.raises(NotObtainedError):
+            await locker.obtain("shared", max_retries=2, retry_delay=0.05)
+    finally:
+        await stop(go, key)
+    # We hold it: etcdctl queues behind us and gets it when we release.
+    lock = await locker.obtain("shared", max_retries=0)
+    go = await etcdctl_lock()
+    try:
+        assert go.stdout is not None
+        await poll_until(lambda: queue_length(admin, "shared", 2))  # etcdctl has queued its key
+        key = (await queue(admin, "shared"))[1].key
+        assert go.returncode is None
+        read = asyncio.ensure_future(go.stdout.readline())
+        await asyncio.sleep(0.2)
+        assert not read.done(), "etcdctl took the lock while we held it"
+        await lock.release()
+        with anyio.fail_after(LIMIT):
+            assert (await read).strip() == key
+        [kv] = await queue(admin, "shared")
+        assert kv.key == key
+        assert kv.create_revision > lock.fencing_token
+    finally:
+        await stop(go, key)
+
+
+async def _fenced_write(admin: aetcd.Client, lock: Lock, value: bytes) -> bool:
+    """The docs' recipe: write only while the lock's key exists with the fencing token as create revision."""
+    prefix = f"{NS}{lock.key}/".encode()
+    found = await admin.kvstub.Range(
+        rpc.RangeRequest(
+            key=prefix,
+            range_end=prefix[:-1] + b"0",
+            min_create_revision=lock.fencing_token,
+            max_create_revision=lock.fencing_token,
+        ),
+        timeout=5,
+    )
+    if not found.kvs:
+        return False
+    still_ours = rpc.Compare(
+        result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=found.kvs[0].key, create_revision=lock.fencing_token
+    )
+    write = rpc.RequestOp(request_put=rpc.PutRequest(key=b"fenced-resource", value=value))
+    reply = await admin.kvstub.Txn(rpc.TxnRequest(compare=[still_ours], success=[write]), timeout=5)
+    return bool(reply.succeeded)
+
+
+async def test_a_txn_compare_on_the_fencing_token_rejects_a_stale_holder(make: Any, admin: aetcd.Client) -> None:
+    old = await make().obtain("fence", ttl=1)
+    assert await _fenced_write(admin, old, b"old")
+    with anyio.fail_after(LIMIT):
+        new = await make().obtain("fence", max_retries=1, retry_delay=60)  # after old's lease expired
+    assert await _fenced_write(admin, new, b"new")
+    assert not await _fenced_write(admin, old, b"stale")
+    assert (await admin.get(b"fenced-resource")).value == b"new"
+    await admin.delete(b"fenced-resource")
+    await new.release()
+
+
+async def test_key_state_shows_the_holder_for_distlock_status(make: Any) -> None:
+    locker = make()
+    driver = locker._driver_
+    held, ttl, counter = await driver.key_state("status")
+    assert (held, ttl) == (False, None)
+    lock = await locker.obtain("status", ttl=30)
+    assert counter < lock.fencing_token
+    held, ttl, counter = await driver.key_state("status")
+    assert held
+    assert ttl is not None
+    assert 25 < ttl <= 30
+    assert counter == lock.fencing_token
+    await lock.release()
+    held, _, counter = await driver.key_state("status")
+    assert not held
+    assert counter > lock.fencing_token
+
+
+# --- cost ---------------------------------------------------------------------------------------------
+
+
+async def test_an_uncontended_cycle_is_four_rpcs_and_three_raft_writes(make: Any, etcd_server: EtcdServer) -> None:
+    locker = make()
+    await (await locker.obtain("warm-up")).release()  # connects
+    before = metrics(etcd_server.port)
+    lock = await locker.obtain("k")
+    await lock.release()
+    after = metrics(etcd_server.port)
+    calls = unary_calls(before)
+    made = {method: n - calls[method] for method, n in unary_calls(after).items() if n != calls[method]}
+    assert made == {"LeaseGrant": 1, "Txn": 1, "Range": 1, "LeaseRevoke": 1}
+    writes = after["etcd_server_proposals_committed_total"] - before["etcd_server_proposals_committed_total"]
+    assert writes == 3  # grant, put (in the txn), revoke; the release's ownership check is a read
+
+
+# --- waiting --------------------------------------------------------------------------------------------
+
+
+async def test_waiters_get_the_lock_in_fifo_order_one_wake_up_per_release(make: Any, counter: Any) -> None:
+    waiting, woken = counter(WAITING), counter(WOKEN)
+    holder = await make().obtain("q")
+    order: list[int] = []
+    tokens: list[int] = []
+
+    async def wait_in_line(n: int) -> None:
+        lock = await make().obtain("q", max_retries=1, retry_delay=60)
+        order.append(n)
+        tokens.append(lock.fencing_token)
+        await lock.release()
+
+    async with anyio.create_task_group() as tg:
+        for n in range(5):
+            tg.start_soon(wait_in_line, n)
+            await waiting.until(n + 1)  # queued before the next one starts
+        await holder.release()
+    assert order == [0, 1, 2, 3, 4]
+    assert tokens == sorted(tokens)
+    assert woken.count == 5  # each release woke exactly the next waiter: no herd
+
+
+async def test_a_waiter_whose_key_vanished_queues_again_instead_of_taking_the_lock(
+    make: Any, admin: aetcd.Client, counter: Any
+) -> None:
+    waiting = counter(WAITING)
+    holder = await make().obtain("j")
+    got: list[str] = []
+    locks: dict[str, Lock] = {}
+    release_c, c_holds = asyncio.Event(), asyncio.Event()
+
+    async def contend(name: str) -> None:
+        lock = locks[name] = await make().obtain("j", max_retries=1, retry_delay=60)
+        got.append(name)
+        if name == "c":
+            c_holds.set()
+            await release_c.wait()
+        await lock.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(contend, "b")
+        await waiting.until(1)
+        # b's key disappears behind its back (an operator, or its lease lost in a partition) ...
+        [_, b_key] = await queue(admin, "j")
+        await admin.delete(b_key.key)
+        tg.start_soon(contend, "c")
+        await waiting.until(2)
+        # ... so when the holder leaves, c is first in line, and b must not believe it is.
+        await holder.release()
+        with anyio.fail_after(LIMIT):
+            await c_holds.wait()
+        await waiting.until(3)  # b woke up with the release too, and queued again behind c
+        assert got == ["c"]
+        release_c.set()
+    assert got == ["c", "b"]
+    assert locks["b"].fencing_token > locks["c"].fencing_token
+
+
+@pytest.mark.parametrize("how", ["budget spent", "cancelled"])
+async def test_a_waiter_that_leaves_takes_its_key_and_lease_along(
+    make: Any, admin: aetcd.Client, counter: Any, how: str
+) -> None:
+    waiting = counter(WAITING)
+    holder = await make().obtain("w")
+    before = await leases(admin)
+    if how == "budget spent":
+        with pytest.raises(NotObtainedError):
+            await make().obtain("w", max_retries=2, retry_delay=0.05)
+    else:
+        task = asyncio.ensure_future(make().obtain("w", max_retries=1, retry_delay=60))
+        await waiting.until(1)
+        assert len(await queue(admin, "w")) == 2
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [kv.key for kv in await queue(admin, "w")] == [f"{NS}w/{holder._handle.lease_id:x}".encode()]
+    assert await leases(admin) == before
+    await holder.release()
+
+
+async def test_a_long_wait_keeps_the_waiters_lease_alive(make: Any, admin: aetcd.Client, counter: Any) -> None:
+    waiting = counter(WAITING)
+    holder = await make(Options(ttl=1)).obtain("long")
+    refresher = holder.start_refresh()
+    task = asyncio.ensure_future(make().obtain("long", ttl=1, max_retries=1, retry_delay=60))
+    await waiting.until(1)
+    await asyncio.sleep(2.5)  # longer than the waiter's 1 s lease: only its keep-alives keep it queued
+    [_, waiter] = await queue(admin, "long")
+    await refresher.stop()
+    await holder.release()
+    with anyio.fail_after(LIMIT):
+        lock = await task
+    assert lock.fencing_token == waiter.create_revision  # it kept its place in the queue
+    await lock.release()
+
+
+# --- cancellation -------------------------------------------------------------------------------------
+
+
+async def test_cancelled_obtains_over_a_slow_link_leave_no_key_and_no_lease(
+    make: Any, admin: aetcd.Client, etcd_server: EtcdServer
+) -> None:
+    rng = random.Random(20261202)
+    outcomes = {"obtained": 0, "cancelled": 0}
+    async with DelayProxy(etcd_server.port, 0.003) as proxy:
+        locker = make(Options(max_retries=1000, retry_delay=0.005), url=f"etcd://127.0.0.1:{proxy.port}")
+        other = make(url=f"etcd://127.0.0.1:{proxy.port}")
+        await (await locker.obtain("warm-up")).release()
+        for i in range(60):
+            holder = await other.obtain("c", ttl=5) if i % 3 == 0 else None
+            task = asyncio.ensure_future(locker.obtain("c"))
+            await asyncio.sleep(rng.uniform(0, 0.04))
+            task.cancel()
+            try:
+                lock = await task
+            except asyncio.CancelledError:
+                outcomes["cancelled"] += 1
+            else:
+                outcomes["obtained"] += 1
+                await lock.release()
+            expected = [] if holder is None else [holder.fencing_token]
+            assert [kv.create_revision for kv in await queue(admin, "c")] == expected
+            if holder is not None:
+                await holder.release()
+        await locker.aclose()
+        await other.aclose()
+    assert outcomes["cancelled"] > 10, outcomes
+
+
+# --- failures -----------------------------------------------------------------------------------------
+
+
+async def test_nothing_listening_fails_at_once() -> None:
+    start = time.monotonic()
+    with pytest.raises(BackendError, match="cannot connect"):
+        await EtcdLocker.connect([f"127.0.0.1:{free_port()}"], etcd_options=EtcdOptions(dial_timeout=10))
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "error"),
+    [("127.0.0.1:2379", TypeError), ([], ValueError), (["127.0.0.1"], ValueError), ([2379], TypeError)],
+)
+async def test_connect_validates_endpoints(endpoints: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="endpoints"):
+        await EtcdLocker.connect(endpoints)
+
+
+async def test_connect_resolves_localhost_and_a_given_client_stays_open(etcd_server: EtcdServer) -> None:
+    locker = await EtcdLocker.connect([f"localhost:{etcd_server.port}"])
+    await (await locker.obtain("k")).release()
+    await locker.aclose()
+    client = aetcd.Client(host="127.0.0.1", port=etcd_server.port, timeout=5)
+    given = EtcdLocker(client)
+    await (await given.obtain("k")).release()
+    await given.aclose()
+    await client.put(b"still-open", b"1")  # the locker did not close a client it was given
+    await client.delete(b"still-open")
+    await client.close()
+
+
+@pytest.fixture(scope="module")
+def default_etcd() -> Iterator[EtcdServer]:
+    """A member with etcd's default timers, for the tests that pause it or need its 2 s minimum TTL."""
+    server = EtcdServer(fast=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_a_ttl_below_the_servers_minimum_is_raised_with_a_warning(
+    default_etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    locker = await EtcdLocker.connect([default_etcd.endpoint])
+    lock = await locker.obtain("short", ttl=1)
+    assert any(
+        r.levelno == logging.WARNING and "raised the lease TTL from 1 s to its minimum of 2 s" in r.getMessage()
+        for r in caplog.records
+    )
+    assert 1 < await lock.ttl() <= 2  # the lease etcd really granted
+    await lock.release()
+    await locker.aclose()
+
+
+async def test_a_hung_member_gives_backend_error_within_the_deadline(default_etcd: EtcdServer) -> None:
+    server = default_etcd
+    locker = await EtcdLocker.connect([server.endpoint], etcd_options=EtcdOptions(session_timeout=1))
+    lock = await locker.obtain("k", ttl=30)
+    server.pause()
+    try:
+        for call in (lock.refresh, lock.ttl, lambda: locker.obtain("other", ttl=2, max_retries=0)):
+            start = time.monotonic()
+            with pytest.raises(BackendError):
+                await call()
+            assert time.monotonic() - start < 10  # 1 s deadline, twice for an obtain (grant, then revoke)
+    finally:
+        server.resume()
+    await lock.release()
+    await locker.aclose()
+    admin = aetcd.Client(host="127.0.0.1", port=server.port, timeout=5)
+    # The abandoned obtain's lease was revoked, or expires with its TTL.
+    await poll_until(lambda: no_leases(admin))
+    await admin.close()
+
+
+async def test_a_member_that_lost_its_leader_gives_backend_error_within_the_deadline(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    m1, m2, m3 = etcd_cluster.members
+    locker = await EtcdLocker.connect([m1.endpoint], Options(ttl=5), EtcdOptions(session_timeout=1))
+    try:
+        lock = await locker.obtain("leaderless")
+        m2.kill()
+        m3.kill()
+        try:
+            for call in (lock.refresh, lambda: locker.obtain("other", max_retries=0)):
+                start = time.monotonic()
+                # "no leader" (sent again until the deadline), or a read that cannot reach a quorum (a
+                # deadline, on our side or the server's), depending on how far m1 got in noticing.
+                with pytest.raises(BackendError):
+                    await call()
+                assert time.monotonic() - start < 10  # the 1 s deadline, twice for an obtain
+        finally:
+            for member in (m2, m3):
+                if member.proc is None:
+                    member.spawn()
+            m2.wait_ready()
+            m3.wait_ready()
+        await lock.release()
+    finally:
+        await locker.aclose()
+
+
+# --- a 3-member cluster -----------------------------------------------------------------------------------
+
+
+async def _status(member: EtcdServer) -> Any:
+    client = aetcd.Client(host="127.0.0.1", port=member.port, timeout=5)
+    try:
+        await client.connect()
+        return await client.maintenancestub.Status(rpc.StatusRequest(), timeout=5)
+    finally:
+        await client.close()
+
+
+async def _make_leader(cluster: EtcdCluster, target: EtcdServer) -> None:
+    """Move the cluster's leadership to ``target``."""
+    statuses = {m.member: await _status(m) for m in cluster.members}
+    ids = {m.member: statuses[m.member].header.member_id for m in cluster.members}
+    leader_id = statuses[target.member].leader
+    if leader_id == ids[target.member]:
+        return
+    [leader] = [m for m in cluster.members if ids[m.member] == leader_id]
+    client = aetcd.Client(host="127.0.0.1", port=leader.port, timeout=5)
+    try:
+        await client.connect()
+        await client.maintenancestub.MoveLeader(rpc.MoveLeaderRequest(targetID=ids[target.member]), timeout=5)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("victim", ["connected member", "leader"])
+async def test_a_cluster_keeps_locks_and_waiters_when_a_member_dies(
+    etcd_cluster: EtcdCluster, counter: Any, victim: str
+) -> None:
+    waiting = counter(WAITING)
+    m1, m2, _ = etcd_cluster.members
+    await _make_leader(etcd_cluster, m2)  # the lockers talk to m1, the first endpoint
+    dead = m1 if victim == "connected member" else m2
+    survivor = etcd_cluster.members[2]
+    admin = aetcd.Client(host="127.0.0.1", port=survivor.port, timeout=5)
+    before = await leases(admin)
+    options = EtcdOptions(session_timeout=3)
+    holder = await EtcdLocker.connect(etcd_cluster.endpoints, Options(ttl=2), options)
+    waiter = await EtcdLocker.connect(etcd_cluster.endpoints, Options(ttl=2), options)
+    try:
+        async with holder.lock(victim) as lock:
+            task = asyncio.ensure_future(waiter.obtain(victim, max_retries=1, retry_delay=60))
+            await waiting.until(1)
+            dead.kill()
+            start = time.monotonic()
+            await lock.refresh()
+            logging.getLogger(__name__).info("refresh after the %s died took %.3f s", victim, time.monotonic() - start)
+            await asyncio.sleep(3)  # beyond the 2 s lease: only refreshes through another member keep it
+            assert await lock.ttl() > 0
+        with anyio.fail_after(LIMIT):
+            taken = await task
+        assert taken.fencing_token > lock.fencing_token
+        await taken.release()
+    finally:
+        await holder.aclose()
+        await waiter.aclose()
+        if dead.proc is None:
+            dead.start()
+    assert await leases(admin) == before
+    await admin.close()
