@@ -14,6 +14,7 @@ import random
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import astuple
 from typing import Any
 
 import aetcd
@@ -31,17 +32,14 @@ from distlock_async import (
     Options,
 )
 
-from . import proxy
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker, leases, metrics, unary_calls
+from .proxy import FaultProxy
 from .servers import EtcdCluster, EtcdServer, free_port
 
 pytestmark = pytest.mark.anyio
 
 LIMIT = 20.0
 NS = "distlock/"
-
-#: The delay proxy; main's harness renames it ``FaultProxy`` (same arguments): take whichever exists.
-DelayProxy: Any = vars(proxy).get("FaultProxy") or vars(proxy)["DelayProxy"]
 
 
 @pytest.fixture(scope="session")
@@ -274,20 +272,20 @@ async def test_a_txn_compare_on_the_fencing_token_rejects_a_stale_holder(make: A
     await new.release()
 
 
-async def test_key_state_shows_the_holder_for_distlock_status(make: Any) -> None:
+async def test_inspect_shows_the_holder_for_distlock_status(make: Any) -> None:
     locker = make()
     driver = locker._driver_
-    held, ttl, counter = await driver.key_state("status")
+    held, ttl, counter = astuple(await driver.inspect("status"))
     assert (held, ttl) == (False, None)
     lock = await locker.obtain("status", ttl=30)
     assert counter < lock.fencing_token
-    held, ttl, counter = await driver.key_state("status")
+    held, ttl, counter = astuple(await driver.inspect("status"))
     assert held
     assert ttl is not None
     assert 25 < ttl <= 30
     assert counter == lock.fencing_token
     await lock.release()
-    held, _, counter = await driver.key_state("status")
+    held, _, counter = astuple(await driver.inspect("status"))
     assert not held
     assert counter > lock.fencing_token
 
@@ -416,7 +414,7 @@ async def test_cancelled_obtains_over_a_slow_link_leave_no_key_and_no_lease(
 ) -> None:
     rng = random.Random(20261202)
     outcomes = {"obtained": 0, "cancelled": 0}
-    async with DelayProxy(etcd_server.port, 0.003) as proxy:
+    async with FaultProxy(etcd_server.port, 0.003) as proxy:
         locker = make(Options(max_retries=1000, retry_delay=0.005), url=f"etcd://127.0.0.1:{proxy.port}")
         other = make(url=f"etcd://127.0.0.1:{proxy.port}")
         await (await locker.obtain("warm-up")).release()

@@ -12,7 +12,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
-from .._core._driver import Busy, Granted
+from .._core._driver import Busy, Granted, KeyState
 from .._core._locker import LockerBase
 from .._errors import BackendError
 from .._options import EtcdOptions, Options
@@ -424,24 +424,24 @@ class _EtcdDriver:
             return None
         return kvs[0].key, reply.header.revision
 
-    async def key_state(self, key: str) -> tuple[bool, float | None, int]:
+    async def inspect(self, key: str) -> KeyState:
         """What ``distlock status`` shows: held, the holder's remaining seconds, the fencing counter.
 
         The counter is the holder's fencing token while the key is held, else the cluster's revision,
-        which the next obtain's token will exceed.
+        which the next obtain's token will exceed. Two round trips while held (the key, its lease).
         """
         prefix = f"{self.namespace}{key}/".encode()
         queue = await self.members(prefix, limit_one=True)
         if not queue:
             reply = await self.call("range", "kv", "Range", rpc.RangeRequest(key=prefix, count_only=True))
-            return False, None, int(reply.header.revision)
+            return KeyState(False, None, int(reply.header.revision))
         holder = queue[0]
         info = await self.call(
             "lease time-to-live", "lease", "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=holder.lease)
         )
         # A key without a lease (written by hand) holds the lock until deleted.
         ttl = None if holder.lease == 0 else max(float(info.TTL), 0.0)
-        return True, ttl, int(holder.create_revision)
+        return KeyState(True, ttl, int(holder.create_revision))
 
     # --- Driver ------------------------------------------------------------------------------------
 
