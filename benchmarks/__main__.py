@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import platform
@@ -19,17 +20,18 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from tests.servers import RedisServer
+from tests.servers import EtcdServer, RedisServer
 
 from . import report
-from .adapters import Adapter, redis_adapters
-from .scenarios import contended, redis_wire_cost, uncontended
+from .adapters import Adapter, etcd_adapters, redis_adapters
+from .scenarios import contended, etcd_wire_cost, redis_wire_cost, uncontended
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,9 +68,27 @@ def _machine(redis_url: str) -> dict[str, Any]:
         "redis": redis_version,
         "packages": {
             dist: _version(dist)
-            for dist in ("distlock_async", "redis", "hiredis", "python-redis-lock", "pottery", "aioredlock")
+            for dist in (
+                "distlock_async",
+                "redis",
+                "hiredis",
+                "python-redis-lock",
+                "pottery",
+                "aioredlock",
+                "aetcd",
+                "grpcio",
+            )
         },
     }
+
+
+def _etcd_version(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/version")
+        return str(json.loads(conn.getresponse().read())["etcdserver"])
+    finally:
+        conn.close()
 
 
 def _rotated(items: list[Adapter], round_no: int) -> list[Adapter]:
@@ -80,46 +100,67 @@ def _median_ratio(per_round: dict[str, list[float]], name: str, raw: str = "raw"
     return statistics.median(a / b for a, b in zip(per_round[name], per_round[raw], strict=True))
 
 
-async def _redis(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    adapters = redis_adapters(url)
+async def _common(backend: str, adapters: list[Adapter], args: argparse.Namespace) -> dict[str, Any]:
+    """Scenarios A, B and C, the same for every backend."""
+    out: dict[str, Any] = {}
+    for label, tasks in (("A", 1), ("B", 64)):
+        rates: dict[str, list[float]] = defaultdict(list)
+        cpu: dict[str, list[float]] = defaultdict(list)
+        for r in range(args.rounds):
+            for adapter in _rotated(adapters, r):
+                result = await uncontended(adapter, tasks=tasks, seconds=args.seconds)
+                rates[adapter.name].append(result.per_second)
+                cpu[adapter.name].append(result.cpu_us_per_cycle)
+            print(f"{backend} {label} round {r + 1}: " + ", ".join(f"{n} {v[-1]:.0f}/s" for n, v in rates.items()))
+        out[label] = {
+            name: {
+                "cycles_per_s": statistics.median(rates[name]),
+                "cpu_us_per_cycle": statistics.median(cpu[name]),
+                "ratio_to_raw": _median_ratio(rates, name),
+                "rounds": rates[name],
+            }
+            for name in rates
+        }
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in range(args.contended_rounds):
+        for adapter in _rotated(adapters, r):
+            runs[adapter.name].append((await contended(adapter, seconds=args.contended_seconds)).summary())
+        handoffs = ", ".join(f"{n} {v[-1]['handoffs_per_s']:.0f}" for n, v in runs.items())
+        print(f"{backend} C round {r + 1}, hand-offs/s: {handoffs}")
+    out["C"] = {name: _median_contention(results) for name, results in runs.items()}
+    return out
+
+
+async def _with(adapters: list[Adapter], body: Callable[[list[Adapter]], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
     skipped = {a.name: a.unavailable for a in adapters if a.unavailable}
     adapters = [a for a in adapters if not a.unavailable]
     for adapter in adapters:
         await adapter.setup()
-    out: dict[str, Any] = {"skipped": skipped}
     try:
-        for label, tasks in (("A", 1), ("B", 64)):
-            rates: dict[str, list[float]] = defaultdict(list)
-            cpu: dict[str, list[float]] = defaultdict(list)
-            for r in range(args.rounds):
-                for adapter in _rotated(adapters, r):
-                    result = await uncontended(adapter, tasks=tasks, seconds=args.seconds)
-                    rates[adapter.name].append(result.per_second)
-                    cpu[adapter.name].append(result.cpu_us_per_cycle)
-                print(f"redis {label} round {r + 1}: " + ", ".join(f"{n} {v[-1]:.0f}/s" for n, v in rates.items()))
-            out[label] = {
-                name: {
-                    "cycles_per_s": statistics.median(rates[name]),
-                    "cpu_us_per_cycle": statistics.median(cpu[name]),
-                    "ratio_to_raw": _median_ratio(rates, name),
-                    "rounds": rates[name],
-                }
-                for name in rates
-            }
-        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in range(args.contended_rounds):
-            for adapter in _rotated(adapters, r):
-                runs[adapter.name].append((await contended(adapter, seconds=args.contended_seconds)).summary())
-            print(
-                f"redis C round {r + 1}: "
-                + ", ".join(f"{n} {v[-1]['handoffs_per_s']:.0f} hand-offs/s" for n, v in runs.items())
-            )
-        out["C"] = {name: _median_contention(results) for name, results in runs.items()}
-        out["D"] = {adapter.name: await redis_wire_cost(adapter, url) for adapter in adapters}
+        out = await body(adapters)
     finally:
         for adapter in adapters:
             await adapter.aclose()
+    out["skipped"] = skipped
     return out
+
+
+async def _redis(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    async def body(adapters: list[Adapter]) -> dict[str, Any]:
+        out = await _common("redis", adapters, args)
+        out["D"] = {adapter.name: await redis_wire_cost(adapter, url) for adapter in adapters}
+        return out
+
+    return await _with(redis_adapters(url), body)
+
+
+async def _etcd(server: EtcdServer, args: argparse.Namespace) -> dict[str, Any]:
+    async def body(adapters: list[Adapter]) -> dict[str, Any]:
+        out = await _common("etcd", adapters, args)
+        out["D"] = {adapter.name: await etcd_wire_cost(adapter, server.endpoint, server.port) for adapter in adapters}
+        return out
+
+    return await _with(etcd_adapters(server.endpoint), body)
 
 
 def _median_contention(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,7 +175,7 @@ def _scale(url: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.scale", url, "--waiters", str(args.waiters), "--keys", str(args.keys)]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     result: dict[str, Any] = json.loads(done.stdout)
-    print(f"redis E: {result}")
+    print(f"E on {url.split(':', 1)[0]}: {result}")
     return result
 
 
@@ -161,6 +202,15 @@ def main() -> None:
         results["redis"]["E"] = _scale(server.url, args)
     finally:
         server.cleanup()
+    # etcd as in production: default raft timers, fsync on every commit.
+    etcd = EtcdServer(fast=False)
+    etcd.start()
+    try:
+        results["machine"]["etcd"] = _etcd_version(etcd.port)
+        results["etcd"] = asyncio.run(_etcd(etcd, args))
+        results["etcd"]["E"] = _scale(f"etcd://{etcd.endpoint}", args)
+    finally:
+        etcd.cleanup()
 
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(exist_ok=True)

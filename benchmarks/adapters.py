@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import redis
 import redis.asyncio
 
-from distlock_async import Options, RedisLocker
+from distlock_async import Options, RedisLocker, from_url
 
 TTL = 10.0
 
@@ -233,4 +233,99 @@ def redis_adapters(url: str) -> list[Adapter]:
     return [RedisRaw(url), RedisOurs(url), RedisPy(url), PythonRedisLock(url), Pottery(url), Aioredlock(url)]
 
 
-__all__ = ["TTL", "Adapter", "redis_adapters"]
+# --- etcd -------------------------------------------------------------------------------------------
+
+
+def _etcd_client(endpoint: str) -> Any:
+    import aetcd
+
+    host, port = endpoint.rsplit(":", 1)
+    return aetcd.Client(host=host, port=int(port), timeout=5)
+
+
+class EtcdRaw(Adapter):
+    """The lower bound: a create-if-absent txn under a lease granted once, and a compare-and-delete txn.
+
+    It waits by polling every millisecond, like the Redis bound.
+    """
+
+    name = "raw"
+    backend = "etcd"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    async def setup(self) -> None:
+        self.client = _etcd_client(self.endpoint)
+        await self.client.connect()
+        self.lease = await self.client.lease(600)
+
+    async def acquire(self, key: str) -> Any:
+        tx, name, token = self.client.transactions, f"raw/{key}".encode(), secrets.token_bytes(16)
+        while True:
+            ok, _ = await self.client.transaction(
+                compare=[tx.create(name) == 0], success=[tx.put(name, token, lease=self.lease)], failure=[]
+            )
+            if ok:
+                return name, token
+            await asyncio.sleep(0.001)
+
+    async def release(self, handle: Any) -> None:
+        tx, (name, token) = self.client.transactions, handle
+        await self.client.transaction(compare=[tx.value(name) == token], success=[tx.delete(name)], failure=[])
+
+    async def aclose(self) -> None:
+        await self.lease.revoke()
+        await self.client.close()
+
+
+class EtcdOurs(Adapter):
+    name = "distlock_async"
+    backend = "etcd"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    async def setup(self) -> None:
+        self.locker = from_url(f"etcd://{self.endpoint}", Options(ttl=TTL, max_retries=100_000))
+
+    async def acquire(self, key: str) -> Any:
+        return await self.locker.obtain(key)
+
+    async def release(self, handle: Any) -> None:
+        await handle.release()
+
+    async def aclose(self) -> None:
+        await self.locker.aclose()
+
+
+class AetcdLock(Adapter):
+    """aetcd's ``Lock``: a new lease per attempt (never revoked), waits on a watch for the key's deletion."""
+
+    name = "aetcd Lock"
+    backend = "etcd"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    async def setup(self) -> None:
+        self.client = _etcd_client(self.endpoint)
+        await self.client.connect()
+
+    async def acquire(self, key: str) -> Any:
+        lock = self.client.lock(f"aetcd/{key}".encode(), ttl=int(TTL))
+        await lock.acquire(timeout=None)
+        return lock
+
+    async def release(self, handle: Any) -> None:
+        await handle.release()
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def etcd_adapters(endpoint: str) -> list[Adapter]:
+    return [EtcdRaw(endpoint), EtcdOurs(endpoint), AetcdLock(endpoint)]
+
+
+__all__ = ["TTL", "Adapter", "etcd_adapters", "redis_adapters"]

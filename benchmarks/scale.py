@@ -17,20 +17,67 @@ import redis
 
 from distlock_async import Options, from_url
 
+from .scenarios import etcd_leases, etcd_metrics
+
+
+class _RedisProbe:
+    """Connections while it runs; subscriptions and lock keys left afterwards."""
+
+    def __init__(self, url: str) -> None:
+        self.admin = redis.Redis.from_url(url)
+        self.base = self.connections()
+
+    async def before(self) -> None:
+        pass
+
+    def connections(self) -> int:
+        return int(self.admin.info("clients")["connected_clients"]) - 1  # not this probe
+
+    async def after(self) -> dict[str, Any]:
+        out = {
+            "subscriptions_left": len(self.admin.pubsub_channels()),
+            "lock_keys_left": sum(1 for _ in self.admin.scan_iter("distlock:{scale-*}")),
+        }
+        self.admin.close()
+        return out
+
+
+class _EtcdProbe:
+    """Watches while it runs; watches and leases left afterwards."""
+
+    def __init__(self, url: str) -> None:
+        self.endpoint = url.removeprefix("etcd://")
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+        self.base = self.connections()
+        self.leases_before = 0
+
+    async def before(self) -> None:
+        # Other scenarios' leases (a peer that never revokes) may still be counting down.
+        self.leases_before = await etcd_leases(self.endpoint)
+
+    def connections(self) -> int:
+        # etcd multiplexes everything over one gRPC connection: count its open watches instead.
+        return int(etcd_metrics(self.port).get("etcd_debugging_mvcc_watcher_total", 0))
+
+    async def after(self) -> dict[str, Any]:
+        return {
+            "watches_left": self.connections(),
+            "leases_left": await etcd_leases(self.endpoint) - self.leases_before,
+        }
+
 
 async def scale(url: str, waiters: int, keys: int, hold: float) -> dict[str, Any]:
-    admin = redis.Redis.from_url(url)
-    peak_connections = 0
+    probe: _RedisProbe | _EtcdProbe = _EtcdProbe(url) if url.startswith("etcd://") else _RedisProbe(url)
+    await probe.before()
+    peak = 0
     done = asyncio.Event()
 
     async def sample() -> None:
-        nonlocal peak_connections
+        nonlocal peak
         while not done.is_set():
-            clients = int(admin.info("clients")["connected_clients"]) - 1  # not the sampler itself
-            peak_connections = max(peak_connections, clients)
+            peak = max(peak, probe.connections() - probe.base)
             await asyncio.sleep(0.05)
 
-    before = int(admin.info("clients")["connected_clients"]) - 1
     locker = from_url(url, Options(ttl=30, max_retries=1_000_000, retry_delay=1.0))
     served = 0
 
@@ -50,18 +97,15 @@ async def scale(url: str, waiters: int, keys: int, hold: float) -> dict[str, Any
         done.set()
         await sampler
         await locker.aclose()
-    channels = len(admin.pubsub_channels())
-    left = sum(1 for _ in admin.scan_iter("distlock:{scale-*}"))
-    admin.close()
     return {
         "waiters": waiters,
         "keys": keys,
         "served": served,
         "wall_s": wall,
-        "peak_connections": peak_connections - before,
+        "peak": peak,
+        "peak_means": "watches" if isinstance(probe, _EtcdProbe) else "connections",
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "subscriptions_left": channels,
-        "lock_keys_left": left,
+        **await probe.after(),
     }
 
 

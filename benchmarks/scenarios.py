@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import itertools
 import statistics
 import time
@@ -158,3 +159,64 @@ async def redis_wire_cost(adapter: Adapter, url: str, *, cycles: int = 200, idle
         await monitor_client.aclose()
         await marker.aclose()
     return {"commands_per_cycle": busy / cycles, "commands_while_idle": quiet / idle}
+
+
+def etcd_metrics(port: int) -> dict[str, float]:
+    """The member's Prometheus metrics, ``name{labels}`` to value."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    values = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def _etcd_counts(port: int) -> tuple[float, float]:
+    m = etcd_metrics(port)
+    rpcs = sum(v for k, v in m.items() if k.startswith("grpc_server_handled_total{"))
+    return rpcs, m.get("etcd_server_proposals_committed_total", 0.0)
+
+
+async def etcd_leases(endpoint: str) -> int:
+    import aetcd.rpc
+
+    client = _etcd_admin(endpoint)
+    try:
+        await client.connect()
+        reply = await client.leasestub.LeaseLeases(aetcd.rpc.LeaseLeasesRequest(), timeout=5)
+        return len(reply.leases)
+    finally:
+        await client.close()
+
+
+def _etcd_admin(endpoint: str) -> Any:
+    import aetcd
+
+    host, port = endpoint.rsplit(":", 1)
+    return aetcd.Client(host=host, port=int(port), timeout=5)
+
+
+async def etcd_wire_cost(adapter: Adapter, endpoint: str, port: int, *, cycles: int = 100) -> dict[str, float]:
+    """Scenario D on etcd: RPCs the server handled and raft proposals committed per uncontended cycle
+    (from its ``/metrics``, after a warm-up cycle), and the leases left afterwards beyond those before."""
+    await adapter.release(await adapter.acquire(f"bench-d-{next(_fresh)}"))
+    leases_before = await etcd_leases(endpoint)
+    rpcs0, proposals0 = _etcd_counts(port)
+    for _ in range(cycles):
+        await adapter.release(await adapter.acquire(f"bench-d-{next(_fresh)}"))
+    rpcs1, proposals1 = _etcd_counts(port)
+    await asyncio.sleep(1.0)
+    rpcs2, _ = _etcd_counts(port)
+    # etcd counts an RPC when it finishes: the two LeaseLeases calls are not in the window above.
+    return {
+        "rpcs_per_cycle": (rpcs1 - rpcs0) / cycles,
+        "proposals_per_cycle": (proposals1 - proposals0) / cycles,
+        "rpcs_while_idle": rpcs2 - rpcs1,
+        "leases_left": await etcd_leases(endpoint) - leases_before,
+    }
