@@ -58,6 +58,11 @@ def _is_member(prefix: bytes, key: bytes) -> bool:
     return bool(suffix) and _HEX.issuperset(suffix)
 
 
+#: Leases of released locks a locker keeps per TTL for reuse (each saves a raft write on obtain and one
+#: on release).
+_SPARES_PER_TTL = 64
+
+
 def _new_lease_id() -> int:
     # Chosen here rather than by etcd so that a grant whose answer never came can still be revoked.
     return secrets.randbits(63) or 1
@@ -66,12 +71,14 @@ def _new_lease_id() -> int:
 class _Held:
     """The handle of a granted lock: its lease, its key, and when the lease ends at the earliest."""
 
-    __slots__ = ("expires_at", "key", "lease_id", "revision")
+    __slots__ = ("expires_at", "key", "lease_id", "lease_ttl", "revision")
 
-    def __init__(self, lease_id: int, key: bytes, revision: int, expires_at: float) -> None:
+    def __init__(self, lease_id: int, key: bytes, revision: int, expires_at: float, lease_ttl: int) -> None:
         self.lease_id = lease_id
         self.key = key
         self.revision = revision
+        #: The TTL the lease was asked for: a released lock's lease is kept for the next lock of this TTL.
+        self.lease_ttl = lease_ttl
         #: Event loop time: when the last grant or keep-alive was sent, plus the TTL it was answered with.
         self.expires_at = expires_at
 
@@ -101,7 +108,7 @@ class _EtcdContender:
         self._prefix = f"{driver.namespace}{key}/".encode()
         self._lease_ttl = driver.lease_ttl(ttl)
         self._lease_id = 0
-        self._grant: asyncio.Task[int] | None = None
+        self._grant: asyncio.Future[int] | None = None
         self._own = b""
         self._revision = 0
         self._kept_alive_at = 0.0
@@ -112,11 +119,26 @@ class _EtcdContender:
         driver = self._driver
         self._drop_watch()
         self._revision = 0
+        loop = asyncio.get_running_loop()
+        spare = driver.take_spare(self._lease_ttl)
+        if spare is not None:
+            # The lease of a lock this locker released: no grant (a raft write) needed, one keep-alive on
+            # the open stream resets it to its full TTL. It is ours from here on: close() revokes it.
+            self._lease_id = spare
+            self._own = self._prefix + f"{spare:x}".encode()
+            self._grant = done = loop.create_future()
+            done.set_result(0)  # the lease exists already: nothing for close() to wait for
+            sent = loop.time()
+            ttl = await driver.keep_alive(spare)
+            if ttl > 0:
+                self._kept_alive_at = sent
+                self._expires_at = sent + ttl
+                return
+            # It expired in the pool: grant a fresh one.
         self._lease_id = lease_id = _new_lease_id()
         self._own = self._prefix + f"{lease_id:x}".encode()
         # The grant runs in a task of its own that a cancelled obtain leaves running, so that close()
         # can wait for its outcome before revoking: a revoke that overtook the grant would leak the lease.
-        loop = asyncio.get_running_loop()
         sent = loop.time()
         self._grant = loop.create_task(
             driver.grant(lease_id, self._lease_ttl), name=f"distlock_async: etcd lease grant for {self._key!r}"
@@ -148,7 +170,7 @@ class _EtcdContender:
         if first and not _is_member(self._prefix, first[0].key):
             first = await self._driver.members(self._prefix, limit_one=True)
         if first and first[0].create_revision == revision:
-            return Granted(revision, _Held(self._lease_id, self._own, revision, self._expires_at))
+            return Granted(revision, _Held(self._lease_id, self._own, revision, self._expires_at, self._lease_ttl))
         return Busy()
 
     async def _txn(self) -> Any:
@@ -259,6 +281,9 @@ class _EtcdDriver:
         self._connecting: asyncio.Lock | None = None
         self._ready = False
         self._warned_ttl = False
+        #: Leases of released locks, by the TTL they were asked for, for the next obtains to reuse.
+        self._spares: dict[int, list[int]] = {}
+        self._keep_spares = True
         self.keep_alives = KeepAlives(lambda: self._client().leasestub.LeaseKeepAlive(metadata=self.metadata))
         self.watches = Watches(lambda: self._watchstub.Watch(metadata=self.metadata))
         self._watchstub: Any = None
@@ -453,9 +478,43 @@ class _EtcdDriver:
         return bool(reply.kvs) and reply.kvs[0].create_revision == held.revision and reply.kvs[0].lease == held.lease_id
 
     async def release(self, key: str, token: str, handle: object) -> bool:
+        """Delete our key if it is still ours (one txn), and keep its lease for the next obtain.
+
+        Idempotent: a second run finds the key gone and revokes the lease instead.
+        """
         assert isinstance(handle, _Held)
-        owned = await self._owns(handle)
-        return await self.revoke(handle.lease_id) and owned
+        request = rpc.TxnRequest(
+            compare=[
+                rpc.Compare(
+                    result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=handle.key, create_revision=handle.revision
+                ),
+                rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.LEASE, key=handle.key, lease=handle.lease_id),
+            ],
+            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=handle.key))],
+            failure=[],
+        )
+        reply = await self.call("txn", "kv", "Txn", request)
+        if reply.succeeded and self.put_spare(handle.lease_ttl, handle.lease_id):
+            return True
+        # Not ours any more (deleted behind our back, or a repeated release), or the pool is full.
+        await self.revoke(handle.lease_id)
+        return bool(reply.succeeded)
+
+    def take_spare(self, lease_ttl: int) -> int | None:
+        """A lease this locker kept from a released lock, asked for with ``lease_ttl``, if one is left."""
+        spares = self._spares.get(lease_ttl)
+        return spares.pop() if spares else None
+
+    def put_spare(self, lease_ttl: int, lease_id: int) -> bool:
+        """Keep a lease that holds no key any more; ``False`` if the pool is full or the locker closing.
+
+        A kept lease is not kept alive: unused, it expires with its TTL like any other.
+        """
+        spares = self._spares.setdefault(lease_ttl, [])
+        if not self._keep_spares or len(spares) >= _SPARES_PER_TTL:
+            return False
+        spares.append(lease_id)
+        return True
 
     async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
         assert isinstance(handle, _Held)
@@ -484,6 +543,15 @@ class _EtcdDriver:
         return min(max(estimate, server_ttl, _MIN_REMAINING), server_ttl + 1.0)
 
     async def aclose(self) -> None:
+        self._keep_spares = False
+        spares = [lease for leases in self._spares.values() for lease in leases]
+        self._spares.clear()
+        for lease_id in spares:
+            # They would expire by themselves; revoking them now leaves the server as we found it.
+            try:
+                await self.revoke(lease_id)
+            except (BackendError, RuntimeError) as exc:  # RuntimeError: never connected
+                logger.debug("could not revoke a kept lease (%s); it expires with its TTL", exc)
         self.closed = True
         await self.keep_alives.aclose()
         await self.watches.aclose()
