@@ -49,7 +49,7 @@ class _EtcdProbe:
         self.endpoint = url.removeprefix("etcd://")
         self.port = int(self.endpoint.rsplit(":", 1)[1])
         self.base = self.connections()
-        self.leases_before = 0
+        self.leases_before: set[int] = set()
 
     async def before(self) -> None:
         # Other scenarios' leases (a peer that never revokes) may still be counting down.
@@ -62,7 +62,7 @@ class _EtcdProbe:
     async def after(self) -> dict[str, Any]:
         return {
             "watches_left": self.connections(),
-            "leases_left": await etcd_leases(self.endpoint) - self.leases_before,
+            "leases_left": len(await etcd_leases(self.endpoint) - self.leases_before),
         }
 
 

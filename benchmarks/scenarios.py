@@ -183,14 +183,15 @@ def _etcd_counts(port: int) -> tuple[float, float]:
     return rpcs, m.get("etcd_server_proposals_committed_total", 0.0)
 
 
-async def etcd_leases(endpoint: str) -> int:
+async def etcd_leases(endpoint: str) -> set[int]:
+    """The IDs of the leases the server has now."""
     import aetcd.rpc
 
     client = _etcd_admin(endpoint)
     try:
         await client.connect()
         reply = await client.leasestub.LeaseLeases(aetcd.rpc.LeaseLeasesRequest(), timeout=5)
-        return len(reply.leases)
+        return {lease.ID for lease in reply.leases}
     finally:
         await client.close()
 
@@ -218,5 +219,5 @@ async def etcd_wire_cost(adapter: Adapter, endpoint: str, port: int, *, cycles: 
         "rpcs_per_cycle": (rpcs1 - rpcs0) / cycles,
         "proposals_per_cycle": (proposals1 - proposals0) / cycles,
         "rpcs_while_idle": rpcs2 - rpcs1,
-        "leases_left": await etcd_leases(endpoint) - leases_before,
+        "leases_left": len(await etcd_leases(endpoint) - leases_before),
     }

@@ -96,6 +96,7 @@ class _EtcdContender:
         "_lease_ttl",
         "_own",
         "_prefix",
+        "_renewal",
         "_revision",
         "_token",
         "_watch",
@@ -109,6 +110,7 @@ class _EtcdContender:
         self._lease_ttl = driver.lease_ttl(ttl)
         self._lease_id = 0
         self._grant: asyncio.Future[int] | None = None
+        self._renewal: asyncio.Task[None] | None = None
         self._own = b""
         self._revision = 0
         self._kept_alive_at = 0.0
@@ -118,23 +120,25 @@ class _EtcdContender:
     async def _new_lease(self) -> None:
         driver = self._driver
         self._drop_watch()
+        await self._end_renewal()  # of a reused lease that turned out to be gone
         self._revision = 0
         loop = asyncio.get_running_loop()
-        spare = driver.take_spare(self._lease_ttl)
+        spare = driver.take_spare(self._lease_ttl, loop.time())
         if spare is not None:
-            # The lease of a lock this locker released: no grant (a raft write) needed, one keep-alive on
-            # the open stream resets it to its full TTL. It is ours from here on: close() revokes it.
-            self._lease_id = spare
-            self._own = self._prefix + f"{spare:x}".encode()
+            # The lease of a lock this locker released, with at least half its TTL left: no grant (a raft
+            # write) needed. A keep-alive on the open stream resets it to its full TTL, sent now and
+            # awaited after the obtain's txn, so both travel at once. It is ours from here on: close()
+            # revokes it.
+            self._lease_id, self._expires_at = spare
+            self._own = self._prefix + f"{self._lease_id:x}".encode()
             self._grant = done = loop.create_future()
             done.set_result(0)  # the lease exists already: nothing for close() to wait for
-            sent = loop.time()
-            ttl = await driver.keep_alive(spare)
-            if ttl > 0:
-                self._kept_alive_at = sent
-                self._expires_at = sent + ttl
-                return
-            # It expired in the pool: grant a fresh one.
+            self._kept_alive_at = self._expires_at - self._lease_ttl
+            self._renewal = loop.create_task(
+                self._renew(self._lease_id), name=f"distlock_async: etcd lease renewal for {self._key!r}"
+            )
+            await asyncio.sleep(0)  # a checkpoint, as the grant path has
+            return
         self._lease_id = lease_id = _new_lease_id()
         self._own = self._prefix + f"{lease_id:x}".encode()
         # The grant runs in a task of its own that a cancelled obtain leaves running, so that close()
@@ -147,11 +151,36 @@ class _EtcdContender:
         self._kept_alive_at = sent
         self._expires_at = sent + granted_ttl
 
+    async def _renew(self, lease_id: int) -> None:
+        sent = asyncio.get_running_loop().time()
+        ttl = await self._driver.keep_alive(lease_id)
+        if ttl > 0 and lease_id == self._lease_id:
+            self._kept_alive_at = sent
+            self._expires_at = sent + ttl
+
+    async def _renewed(self) -> None:
+        """Wait for the keep-alive that renews a reused lease (see ``_new_lease``); its error, if any."""
+        renewal = self._renewal
+        if renewal is not None:
+            await asyncio.wait({renewal})  # a cancellation of ours leaves it to close(), which ends it
+            self._renewal = None
+            renewal.result()
+
+    async def _end_renewal(self) -> None:
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None:
+            if not renewal.done():
+                renewal.cancel()
+                await asyncio.wait({renewal})
+            if not renewal.cancelled():
+                renewal.exception()  # retrieved: it failed the attempt already, or does not matter now
+
     async def attempt(self) -> Granted | Busy:
         if self._grant is None:
             await self._new_lease()
         try:
             reply = await self._txn()
+            await self._renewed()
         except BackendError as exc:
             if exc.__cause__ is None or not is_lease_not_found(exc.__cause__):
                 raise
@@ -159,6 +188,7 @@ class _EtcdContender:
             logger.debug("lock %r: the waiter's lease expired; queueing again", self._key)
             await self._new_lease()
             reply = await self._txn()
+            await self._renewed()
         if reply.succeeded:
             revision = reply.header.revision
         else:
@@ -234,6 +264,7 @@ class _EtcdContender:
         # Idempotent: ``_grant`` is forgotten only once the lease is dealt with, so a run cut short by a
         # cancellation is repeated in full.
         self._drop_watch()
+        await self._end_renewal()
         grant = self._grant
         if granted is not None or grant is None:
             self._grant = None
@@ -282,7 +313,7 @@ class _EtcdDriver:
         self._ready = False
         self._warned_ttl = False
         #: Leases of released locks, by the TTL they were asked for, for the next obtains to reuse.
-        self._spares: dict[int, list[int]] = {}
+        self._spares: dict[int, list[tuple[int, float]]] = {}
         self._keep_spares = True
         self.keep_alives = KeepAlives(lambda: self._client().leasestub.LeaseKeepAlive(metadata=self.metadata))
         self.watches = Watches(lambda: self._watchstub.Watch(metadata=self.metadata))
@@ -494,18 +525,23 @@ class _EtcdDriver:
             failure=[],
         )
         reply = await self.call("txn", "kv", "Txn", request)
-        if reply.succeeded and self.put_spare(handle.lease_ttl, handle.lease_id):
+        if reply.succeeded and self.put_spare(handle.lease_ttl, handle.lease_id, handle.expires_at):
             return True
         # Not ours any more (deleted behind our back, or a repeated release), or the pool is full.
         await self.revoke(handle.lease_id)
         return bool(reply.succeeded)
 
-    def take_spare(self, lease_ttl: int) -> int | None:
-        """A lease this locker kept from a released lock, asked for with ``lease_ttl``, if one is left."""
+    def take_spare(self, lease_ttl: int, now: float) -> tuple[int, float] | None:
+        """A lease kept from a released lock, asked for with ``lease_ttl``, with at least half of it left:
+        its ID and when it expires. Kept leases with less left are forgotten (they expire by themselves)."""
         spares = self._spares.get(lease_ttl)
-        return spares.pop() if spares else None
+        while spares:
+            lease_id, expires_at = spares.pop()
+            if expires_at - now > lease_ttl / 2:
+                return lease_id, expires_at
+        return None
 
-    def put_spare(self, lease_ttl: int, lease_id: int) -> bool:
+    def put_spare(self, lease_ttl: int, lease_id: int, expires_at: float) -> bool:
         """Keep a lease that holds no key any more; ``False`` if the pool is full or the locker closing.
 
         A kept lease is not kept alive: unused, it expires with its TTL like any other.
@@ -513,7 +549,7 @@ class _EtcdDriver:
         spares = self._spares.setdefault(lease_ttl, [])
         if not self._keep_spares or len(spares) >= _SPARES_PER_TTL:
             return False
-        spares.append(lease_id)
+        spares.append((lease_id, expires_at))
         return True
 
     async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
@@ -544,7 +580,7 @@ class _EtcdDriver:
 
     async def aclose(self) -> None:
         self._keep_spares = False
-        spares = [lease for leases in self._spares.values() for lease in leases]
+        spares = [lease for leases in self._spares.values() for lease, _ in leases]
         self._spares.clear()
         for lease_id in spares:
             # They would expire by themselves; revoking them now leaves the server as we found it.
