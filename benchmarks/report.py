@@ -119,14 +119,14 @@ def markdown(results: dict[str, Any]) -> str:
                 "C (8 tasks on one key, hold 1 ms, contend again): medians over rounds; violations summed.",
                 "",
                 *_table(
-                    ["lock", "acq/s", "hand-offs/s", "gap p50/p99 ms", "wait p50/p99 ms", "min/max", "violations"],
+                    ["lock", "acq/s", "hand-offs/s", "gap p50/p99 ms", "wait p50/p99/max ms", "min/max", "violations"],
                     [
                         [
                             name,
                             f"{r['acquisitions_per_s']:.0f}",
                             f"{r['handoffs_per_s']:.0f}",
                             f"{r['gap_p50_ms']:.1f} / {r['gap_p99_ms']:.1f}",
-                            f"{r['wait_p50_ms']:.1f} / {r['wait_p99_ms']:.1f}",
+                            f"{r['wait_p50_ms']:.1f} / {r['wait_p99_ms']:.1f} / {r['wait_max_ms']:.0f}",
                             f"{r['min_over_max']:.2f}",
                             r["violations"],
                         ]
@@ -188,9 +188,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
         row[0].legend(fontsize=8)
         c = data.get("C", {})
         cn = list(c)
-        row[1].bar(cn, [max(c[n]["wait_p99_ms"], 0.01) for n in cn], color="tab:red")
+        xs2 = range(len(cn))
+        row[1].bar([x - width / 2 for x in xs2], [max(c[n]["wait_p99_ms"], 0.01) for n in cn], width, label="p99")
+        row[1].bar([x + width / 2 for x in xs2], [max(c[n]["wait_max_ms"], 0.01) for n in cn], width, label="max")
+        row[1].set_xticks(list(xs2), cn)
         row[1].set_yscale("log")
-        row[1].set_ylabel("wait p99, ms (log)")
+        row[1].set_ylabel("wait, ms (log)")
+        row[1].legend(fontsize=8)
         row[1].set_title(f"{backend}: C, 8 tasks on one key")
         row[1].tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.tight_layout()
