@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from tests.servers import EtcdServer, RedisServer
+from distlock_async.testing.servers import EtcdServer, RedisServer
 
 from . import report
 from .adapters import Adapter, etcd_adapters, redis_adapters

@@ -19,10 +19,10 @@ from redis.asyncio.sentinel import Sentinel
 
 import distlock_async
 from distlock_async import EtcdOptions, MemoryLocker, MemoryStore, RedisLocker
+from distlock_async.testing.servers import EtcdServer, RedisClusterServers, RedisSentinelServers, RedisServer
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker
 from .helpers import Backend
-from .servers import EtcdServer, RedisClusterServers, RedisSentinelServers, RedisServer
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from .servers import EtcdServer, RedisServer, free_port
+from distlock_async.testing.servers import EtcdServer, RedisServer, free_port
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import RedisServer
+from distlock_async.testing.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -31,10 +31,10 @@ from distlock_async import (
     NotObtainedError,
     Options,
 )
+from distlock_async.testing.servers import EtcdCluster, EtcdServer, free_port
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker, leases, metrics, unary_calls
 from .proxy import FaultProxy
-from .servers import EtcdCluster, EtcdServer, free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,8 @@ import redis.asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from distlock_async import RedisLocker
+from distlock_async.testing.servers import RedisServer
 from examples import aiohttp_app, cron_singleton, fastapi_app, worker
-
-from .servers import RedisServer
 
 pytestmark = pytest.mark.anyio
 

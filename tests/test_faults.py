@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import redis
 
+from distlock_async.testing.servers import RedisServer
+
 from .fencing import Run, check
-from .servers import RedisServer
 
 TTL = 1.0
 FINISH = 60.0  # seconds every worker gets to finish its sections once the fault has healed

@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio
 
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
+from distlock_async.testing.servers import RedisServer, TLSRedisServer
 
 from .helpers import log_event
 from .proxy import FaultProxy
-from .servers import RedisServer, TLSRedisServer
 
 pytestmark = pytest.mark.anyio
 

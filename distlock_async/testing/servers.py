@@ -1,8 +1,9 @@
-"""Real servers for the tests: started on free loopback ports with temporary data dirs, stopped by PID.
+"""Real servers for tests: started on free loopback ports with temporary data dirs, stopped by PID.
 
-Binaries come from PATH (``redis-server``, ``etcd``); the ``tests`` nox session installs Debian's
-``redis-server`` and ``etcd-server`` when they are missing and it runs as root. Nothing here touches a
-process it did not start.
+Binaries come from PATH (``redis-server``, ``etcd``; Debian's ``redis-server`` and ``etcd-server``
+packages provide them). Nothing here touches a process it did not start, and every server dies with
+the process that started it. Used by this project's own test suite and benchmarks, and by the pytest
+plugin (:mod:`distlock_async.testing.pytest_plugin`).
 """
 
 from __future__ import annotations
@@ -229,6 +230,10 @@ class EtcdServer(_Process):
         self.port = free_port()
         self.peer_port = free_port()
         self.initial_cluster = f"{member}={self.peer_url}"
+
+    @property
+    def url(self) -> str:
+        return f"etcd://{self.endpoint}"
 
     @property
     def endpoint(self) -> str:

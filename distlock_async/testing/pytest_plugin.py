@@ -1,0 +1,93 @@
+"""pytest fixtures for code that uses distlock_async.
+
+Registered through the ``pytest11`` entry point when the package is installed; nothing runs until a test
+asks for a fixture by name:
+
+- ``distlock_redis_server``, ``distlock_etcd_server`` (session): a real ``redis-server`` / ``etcd`` on a
+  free loopback port with a temporary data directory, stopped at the end of the session. Their ``url``
+  attribute is what ``distlock_async.from_url`` takes. The binaries come from PATH; a missing one skips
+  the test with the reason.
+- ``distlock_memory_locker``, ``distlock_redis_locker``, ``distlock_etcd_locker`` (function, async): a
+  locker for the test, in a namespace of its own on the shared server, closed afterwards.
+
+The async fixtures work under pytest-asyncio (strict or auto mode) and under anyio's pytest plugin.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import pytest
+
+from distlock_async import EtcdLocker, Locker, MemoryLocker, RedisLocker
+
+from .servers import EtcdServer, RedisServer, ServerMissing
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+try:  # pytest-asyncio's strict mode runs only the async fixtures it is told about
+    import pytest_asyncio
+
+    _fixture: Any = pytest_asyncio.fixture
+except ImportError:  # anyio's plugin (or none): a plain fixture
+    _fixture = pytest.fixture
+
+
+def _async_fixture(fn: _F) -> _F:
+    return cast(_F, _fixture(fn))
+
+
+_namespaces = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def distlock_redis_server() -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test session; ``.url`` is its ``redis://`` URL."""
+    try:
+        server = RedisServer()
+    except ServerMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def distlock_etcd_server() -> Iterator[EtcdServer]:
+    """An ``etcd`` member of this test session; ``.url`` is its ``etcd://`` URL."""
+    try:
+        server = EtcdServer()
+    except ServerMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@_async_fixture
+async def distlock_memory_locker() -> AsyncIterator[Locker]:
+    """An in-process locker, closed after the test."""
+    async with MemoryLocker() as locker:
+        yield locker
+
+
+@_async_fixture
+async def distlock_redis_locker(distlock_redis_server: RedisServer) -> AsyncIterator[Locker]:
+    """A locker on the session's Redis, in a namespace of its own, closed after the test."""
+    namespace = f"test{next(_namespaces)}"
+    async with RedisLocker.from_url(distlock_redis_server.url, namespace=namespace) as locker:
+        yield locker
+
+
+@_async_fixture
+async def distlock_etcd_locker(distlock_etcd_server: EtcdServer) -> AsyncIterator[Locker]:
+    """A locker on the session's etcd, in a namespace of its own, closed after the test."""
+    namespace = f"test{next(_namespaces)}/"
+    async with EtcdLocker.from_url(distlock_etcd_server.url, namespace=namespace) as locker:
+        yield locker
