@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from distlock_async import BackendError, LockLostError, LockNotHeldError, NotObtainedError, Options, from_url
+from distlock_async import (
+    BackendError,
+    EtcdOptions,
+    LockLostError,
+    LockNotHeldError,
+    NotObtainedError,
+    Options,
+    from_url,
+)
 
 
 class FencedStore:
@@ -82,7 +90,9 @@ async def _work(args: argparse.Namespace, log: TextIO) -> None:
         log.write(json.dumps({"client": args.client, "pid": os.getpid(), **record}) + "\n")
 
     options = Options(ttl=args.ttl, max_retries=1000, retry_delay=0.05)
-    async with from_url(args.url, options) as locker:
+    # Redis takes its deadline from the URL (socket_timeout); etcd from EtcdOptions.
+    etcd_options = EtcdOptions(session_timeout=args.etcd_deadline) if args.url.startswith("etcd://") else None
+    async with from_url(args.url, options, etcd_options=etcd_options) as locker:
         done = 0
         while done < args.sections:
             started = time.monotonic_ns()
@@ -136,6 +146,7 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=1.0)
     parser.add_argument("--mode", choices=["obtain", "lock"], default="obtain")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--etcd-deadline", type=float, default=1.0, help="etcd: EtcdOptions.session_timeout")
     parser.add_argument("--linger", type=float, default=0.0, help="lock mode: seconds held after the write")
     args = parser.parse_args()
     with open(args.log, "a", buffering=1) as log:  # line-buffered: the fault injector reads it live
