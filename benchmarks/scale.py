@@ -16,8 +16,9 @@ from typing import Any
 import redis
 
 from distlock_async import Options, from_url
+from distlock_async.testing.servers import etcd_metrics
 
-from .scenarios import etcd_leases, etcd_metrics
+from .scenarios import etcd_leases
 
 
 class _RedisProbe:

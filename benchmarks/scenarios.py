@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import itertools
 import statistics
 import time
@@ -11,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis.asyncio
+
+from distlock_async.testing.servers import etcd_metrics
 
 from .adapters import Adapter
 
@@ -161,22 +162,6 @@ async def redis_wire_cost(adapter: Adapter, url: str, *, cycles: int = 200, idle
         await monitor_client.aclose()
         await marker.aclose()
     return {"commands_per_cycle": busy / cycles, "commands_while_idle": quiet / idle}
-
-
-def etcd_metrics(port: int) -> dict[str, float]:
-    """The member's Prometheus metrics, ``name{labels}`` to value."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        body = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    values = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 def _etcd_counts(port: int) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from aetcd import rpc
 
 from distlock_async import EtcdLocker
 from distlock_async._core._lock import HeldLock
+from distlock_async.testing.servers import etcd_metrics
 
 _WATCHERS = re.compile(rb"^etcd_debugging_mvcc_watcher_total (\S+)$", re.MULTILINE)
 
@@ -84,18 +85,7 @@ class EtcdAudit:
 
 def metrics(port: int) -> dict[str, float]:
     """The member's Prometheus metrics, ``name{labels}`` to value."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        body = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    values = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
+    return etcd_metrics(port)
 
 
 def unary_calls(snapshot: dict[str, float]) -> dict[str, int]:

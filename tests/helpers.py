@@ -59,3 +59,20 @@ class Backend:
     async def aclose(self) -> None:
         for locker in self.lockers:
             await locker.aclose()
+
+
+#: What a cancellation test interrupts: see :func:`lock_operation`.
+OPERATIONS = ("obtain", "lock", "refresh", "release")
+
+
+async def lock_operation(locker: Locker, key: str, what: str) -> None:
+    """One of :data:`OPERATIONS` on ``key``, for a test to cancel at a random point."""
+    if what == "lock":
+        async with locker.lock(key):
+            await asyncio.sleep(0.001)
+        return
+    async with await locker.obtain(key) as lock:
+        if what == "refresh":
+            await lock.refresh()
+        if what == "release":
+            await lock.release()

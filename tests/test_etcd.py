@@ -35,6 +35,7 @@ from distlock_async import (
 from distlock_async.testing.servers import EtcdCluster, EtcdServer, free_port
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker, leases, metrics, unary_calls
+from .helpers import OPERATIONS, lock_operation
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -448,23 +449,12 @@ async def test_cancellations_over_a_slow_link_leave_no_key_and_no_lease(
         other = make(url=f"etcd://127.0.0.1:{proxy.port}")
         await (await locker.obtain("warm-up")).release()
 
-        async def victim(what: str) -> None:
-            if what == "lock":
-                async with locker.lock("c"):
-                    await asyncio.sleep(0.001)
-                return
-            async with await locker.obtain("c") as lock:
-                if what == "refresh":
-                    await lock.refresh()
-                if what == "release":
-                    await lock.release()
-
         for i in itertools.count():
             if cancelled >= 1000:
                 break
             assert i < 4000, f"only {cancelled} of {i} cancellations landed"
             holder = await other.obtain("c", ttl=5) if i % 4 == 0 else None
-            task = asyncio.ensure_future(victim(rng.choice(["obtain", "lock", "refresh", "release"])))
+            task = asyncio.ensure_future(lock_operation(locker, "c", rng.choice(OPERATIONS)))
             await asyncio.sleep(rng.uniform(0, 0.012))
             if holder is not None and rng.random() < 0.5:
                 await holder.release()

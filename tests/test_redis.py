@@ -18,7 +18,7 @@ import redis.asyncio
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
 from distlock_async.testing.servers import RedisServer, TLSRedisServer
 
-from .helpers import log_event
+from .helpers import OPERATIONS, lock_operation, log_event
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -227,19 +227,7 @@ async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisS
             assert i < 4000, f"only {cancelled} of {i} cancellations landed"
             holder = await holder_locker.obtain("k") if i % 3 == 0 else None
 
-            async def victim() -> None:
-                what = rng.choice(["obtain", "lock", "refresh", "release"])
-                if what == "lock":
-                    async with locker.lock("k"):
-                        await asyncio.sleep(0.001)
-                    return
-                async with await locker.obtain("k") as lock:
-                    if what == "refresh":
-                        await lock.refresh()
-                    if what == "release":
-                        await lock.release()
-
-            task = asyncio.ensure_future(victim())
+            task = asyncio.ensure_future(lock_operation(locker, "k", rng.choice(OPERATIONS)))
             await asyncio.sleep(rng.uniform(0, 0.006))
             if holder is not None:
                 await holder.release()

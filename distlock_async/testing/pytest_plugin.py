@@ -26,6 +26,7 @@ from distlock_async import EtcdLocker, Locker, MemoryLocker, RedisLocker
 from .servers import EtcdServer, RedisServer, ServerMissing
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_S = TypeVar("_S", RedisServer, EtcdServer)
 
 try:  # pytest-asyncio's strict mode runs only the async fixtures it is told about
     import pytest_asyncio
@@ -42,11 +43,9 @@ def _async_fixture(fn: _F) -> _F:
 _namespaces = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def distlock_redis_server() -> Iterator[RedisServer]:
-    """A ``redis-server`` of this test session; ``.url`` is its ``redis://`` URL."""
+def _serve(make: Callable[[], _S]) -> Iterator[_S]:
     try:
-        server = RedisServer()
+        server = make()
     except ServerMissing as exc:
         pytest.skip(str(exc))
     try:
@@ -54,20 +53,18 @@ def distlock_redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def distlock_redis_server() -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test session; ``.url`` is its ``redis://`` URL."""
+    yield from _serve(RedisServer)
 
 
 @pytest.fixture(scope="session")
 def distlock_etcd_server() -> Iterator[EtcdServer]:
     """An ``etcd`` member of this test session; ``.url`` is its ``etcd://`` URL."""
-    try:
-        server = EtcdServer()
-    except ServerMissing as exc:
-        pytest.skip(str(exc))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from _serve(EtcdServer)
 
 
 @_async_fixture

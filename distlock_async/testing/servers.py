@@ -411,3 +411,19 @@ class _Sentinel(RedisServer):
                 f"sentinel failover-timeout {self.master_name} 5000\n"
             )
         return [self.binary, str(config), "--sentinel"]
+
+
+def etcd_metrics(port: int) -> dict[str, float]:
+    """An etcd member's Prometheus metrics, ``name{labels}`` to value."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    values = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
