@@ -2,7 +2,7 @@
 
 Blocks fenced as ``python`` are complete programs; fragments that need more than one Redis server
 (Sentinel, Cluster) use ``py``, and output uses ``text``. A block that talks to ``redis://localhost:6379``
-runs against the suite's own Redis server instead.
+or ``etcd://localhost:2379`` runs against the suite's own server instead.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from distlock_async.testing.servers import RedisServer
+from distlock_async.testing.servers import EtcdServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 LOCAL_REDIS = "redis://localhost:6379"
+LOCAL_ETCD = "etcd://localhost:2379"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -40,4 +41,7 @@ def test_code_block_runs(where: str, code: str, request: pytest.FixtureRequest) 
     if LOCAL_REDIS in code:
         server: RedisServer = request.getfixturevalue("redis_server")
         code = code.replace(LOCAL_REDIS, f"redis://127.0.0.1:{server.port}")
+    if LOCAL_ETCD in code:
+        etcd: EtcdServer = request.getfixturevalue("etcd_server")
+        code = code.replace(LOCAL_ETCD, etcd.url)
     exec(compile(code, where, "exec"), {"__name__": "__main__"})
