@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import redis
 import redis.asyncio
 
-from distlock_async import Options, RedisLocker, from_url
+from distlock_async import Options, from_url
 
 TTL = 10.0
 
@@ -25,7 +25,6 @@ class Adapter:
 
     #: Shown in tables; ``raw`` is the lower bound every ratio is taken against.
     name: ClassVar[str]
-    backend: ClassVar[str]
     #: Why it is not measured on this machine, if it is not.
     unavailable: str | None = None
 
@@ -61,7 +60,6 @@ class RedisRaw(Adapter):
     """
 
     name = "raw"
-    backend = "redis"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -84,16 +82,17 @@ class RedisRaw(Adapter):
         await self.client.aclose()
 
 
-class RedisOurs(Adapter):
+class Ours(Adapter):
+    """``locker.obtain`` and ``Lock.release`` on whichever backend ``url`` names."""
+
     name = "distlock_async"
-    backend = "redis"
 
     def __init__(self, url: str) -> None:
         self.url = url
 
     async def setup(self) -> None:
         # A generous budget: scenario C's waiters must not give up; wake-ups do the waiting.
-        self.locker = RedisLocker.from_url(self.url, Options(ttl=TTL, max_retries=100_000))
+        self.locker = from_url(self.url, Options(ttl=TTL, max_retries=100_000))
 
     async def acquire(self, key: str) -> Any:
         return await self.locker.obtain(key)
@@ -109,7 +108,6 @@ class RedisPy(Adapter):
     """redis-py's ``redis.asyncio.lock.Lock``: ``SET NX PX``, polls every 0.1 s while waiting."""
 
     name = "redis-py Lock"
-    backend = "redis"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -133,7 +131,6 @@ class PythonRedisLock(Adapter):
     """python-redis-lock: synchronous, so each call runs in a worker thread, as an asyncio user would."""
 
     name = "python-redis-lock"
-    backend = "redis"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -170,7 +167,6 @@ class Pottery(Adapter):
     """pottery's ``AIORedlock`` with one master; polls at random 0-0.2 s intervals while waiting."""
 
     name = "pottery AIORedlock"
-    backend = "redis"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -200,7 +196,6 @@ class Aioredlock(Adapter):
     """aioredlock (over aioredis 1.3): three tries 0.1-0.3 s apart, so waiting means trying again."""
 
     name = "aioredlock"
-    backend = "redis"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -230,13 +225,14 @@ class Aioredlock(Adapter):
 
 
 def redis_adapters(url: str) -> list[Adapter]:
-    return [RedisRaw(url), RedisOurs(url), RedisPy(url), PythonRedisLock(url), Pottery(url), Aioredlock(url)]
+    return [RedisRaw(url), Ours(url), RedisPy(url), PythonRedisLock(url), Pottery(url), Aioredlock(url)]
 
 
 # --- etcd -------------------------------------------------------------------------------------------
 
 
-def _etcd_client(endpoint: str) -> Any:
+def etcd_client(endpoint: str) -> Any:
+    """An aetcd client of one member, with a deadline on every call."""
     import aetcd
 
     host, port = endpoint.rsplit(":", 1)
@@ -250,13 +246,12 @@ class EtcdRaw(Adapter):
     """
 
     name = "raw"
-    backend = "etcd"
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
 
     async def setup(self) -> None:
-        self.client = _etcd_client(self.endpoint)
+        self.client = etcd_client(self.endpoint)
         await self.client.connect()
         self.lease = await self.client.lease(600)
 
@@ -279,37 +274,16 @@ class EtcdRaw(Adapter):
         await self.client.close()
 
 
-class EtcdOurs(Adapter):
-    name = "distlock_async"
-    backend = "etcd"
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-
-    async def setup(self) -> None:
-        self.locker = from_url(f"etcd://{self.endpoint}", Options(ttl=TTL, max_retries=100_000))
-
-    async def acquire(self, key: str) -> Any:
-        return await self.locker.obtain(key)
-
-    async def release(self, handle: Any) -> None:
-        await handle.release()
-
-    async def aclose(self) -> None:
-        await self.locker.aclose()
-
-
 class AetcdLock(Adapter):
     """aetcd's ``Lock``: a new lease per attempt (never revoked), waits on a watch for the key's deletion."""
 
     name = "aetcd Lock"
-    backend = "etcd"
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
 
     async def setup(self) -> None:
-        self.client = _etcd_client(self.endpoint)
+        self.client = etcd_client(self.endpoint)
         await self.client.connect()
 
     async def acquire(self, key: str) -> Any:
@@ -325,7 +299,7 @@ class AetcdLock(Adapter):
 
 
 def etcd_adapters(endpoint: str) -> list[Adapter]:
-    return [EtcdRaw(endpoint), EtcdOurs(endpoint), AetcdLock(endpoint)]
+    return [EtcdRaw(endpoint), Ours(f"etcd://{endpoint}"), AetcdLock(endpoint)]
 
 
-__all__ = ["TTL", "Adapter", "etcd_adapters", "redis_adapters"]
+__all__ = ["TTL", "Adapter", "etcd_adapters", "etcd_client", "redis_adapters"]

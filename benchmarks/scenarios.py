@@ -13,7 +13,7 @@ import redis.asyncio
 
 from distlock_async.testing.servers import etcd_metrics
 
-from .adapters import Adapter
+from .adapters import Adapter, etcd_client
 
 _fresh = itertools.count()
 
@@ -174,20 +174,13 @@ async def etcd_leases(endpoint: str) -> set[int]:
     """The IDs of the leases the server has now."""
     import aetcd.rpc
 
-    client = _etcd_admin(endpoint)
+    client = etcd_client(endpoint)
     try:
         await client.connect()
         reply = await client.leasestub.LeaseLeases(aetcd.rpc.LeaseLeasesRequest(), timeout=5)
         return {lease.ID for lease in reply.leases}
     finally:
         await client.close()
-
-
-def _etcd_admin(endpoint: str) -> Any:
-    import aetcd
-
-    host, port = endpoint.rsplit(":", 1)
-    return aetcd.Client(host=host, port=int(port), timeout=5)
 
 
 async def etcd_wire_cost(adapter: Adapter, endpoint: str, port: int, *, cycles: int = 100) -> dict[str, float]:

@@ -232,6 +232,13 @@ class Run:
                 raise AssertionError(f"workers did not finish within {timeout} s: {self.records()[-5:]}") from None
             assert proc.returncode == 0, f"a worker failed with {proc.returncode}"
 
+    def __enter__(self) -> Run:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()  # whatever happened, no worker outlives the test
+
     def kill(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:

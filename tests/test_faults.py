@@ -94,12 +94,8 @@ async def _assert_no_etcd_lock_left(server: EtcdServer) -> None:
 
 
 def test_without_faults_every_section_is_accepted(server: RedisServer, tmp_path: Path) -> None:
-    run = _run(server, tmp_path, workers=3, sections=6)
-    run.start()
-    try:
+    with _run(server, tmp_path, workers=3, sections=6) as run:
         run.wait(FINISH)
-    finally:
-        run.kill()
     counts = check(run)
     assert counts["accepted"] == 18, counts
     assert counts["errors"] == 0, counts
@@ -118,9 +114,7 @@ def test_holder_paused_past_its_ttl_is_fenced_off(server: Server, tmp_path: Path
     # In lock mode the body goes on working after its write, as real code does: the refresher finds
     # the lock gone while the body still runs, and cancels it.
     linger = 0.3 if mode == "lock" else 0.0
-    run = _run(server, tmp_path, workers=3, sections=4, mode=mode, linger=linger)
-    run.start()
-    try:
+    with _run(server, tmp_path, workers=3, sections=4, mode=mode, linger=linger) as run:
         token = 0
         for _ in range(2):
             holder = _await_holder(run, token)
@@ -129,8 +123,6 @@ def test_holder_paused_past_its_ttl_is_fenced_off(server: Server, tmp_path: Path
             time.sleep(2 * TTL)  # the fault's length, not a wait for something
             os.kill(pid, signal.SIGCONT)
         run.wait(FINISH)
-    finally:
-        run.kill()
     counts = check(run)
     if mode == "obtain":
         assert counts["not_held"] >= 2, counts
@@ -152,15 +144,11 @@ def test_server_killed_and_restarted(server: Server, tmp_path: Path) -> None:
     (they never fall below the server clock in microseconds), so the store keeps refusing anyone who held
     the lock before the crash. etcd keeps its data and its leases (their TTLs reset to full).
     """
-    run = _run(server, tmp_path, workers=3, sections=6)
-    run.start()
-    try:
+    with _run(server, tmp_path, workers=3, sections=6) as run:
         for _ in range(2):
             _await_holder(run)
             server.restart()
         run.wait(FINISH)
-    finally:
-        run.kill()
     counts = check(run)
     assert counts["sections"] >= 18, counts
     _assert_no_lock_left(server)
@@ -170,16 +158,12 @@ def test_server_killed_and_restarted(server: Server, tmp_path: Path) -> None:
 def test_server_paused_longer_than_ttl(server: Server, tmp_path: Path) -> None:
     """A frozen server: commands fail with typed errors within the client's deadline, nothing hangs, and
     nothing is orphaned -- an obtain that timed out queued its undo, which the server runs on waking."""
-    run = _run(server, tmp_path, workers=3, sections=6)
-    run.start()
-    try:
+    with _run(server, tmp_path, workers=3, sections=6) as run:
         _await_holder(run)
         server.pause()
         time.sleep(1.5 * TTL)
         server.resume()
         run.wait(FINISH)
-    finally:
-        run.kill()
     counts = check(run)
     assert counts["errors"] >= 1, counts
     slowest = max(r.get("error_after_ms", 0) for r in run.records())
