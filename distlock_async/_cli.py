@@ -19,7 +19,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
@@ -31,6 +30,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - anyio requires the backport
     from exceptiongroup import BaseExceptionGroup
 from ._options import Options
 from ._url import from_url
+from ._validate import redact_url
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -187,16 +187,6 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _shown(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
-
-
 def _refuse_memory(url: str, command: str) -> None:
     if url.partition("://")[0].lower() == "memory":
         raise _UsageError(
@@ -217,7 +207,7 @@ async def _status(url: str, key: str, as_json: bool, out: TextIO) -> int:
         try:
             state = await locker._inspect(key)
         except NotImplementedError:
-            raise _UsageError(f"the backend of {_shown(url)} cannot show a lock's status yet") from None
+            raise _UsageError(f"the backend of {redact_url(url)} cannot show a lock's status yet") from None
     if as_json:
         doc = {"key": key, "held": state.held, "ttl": state.ttl, "fencing_counter": state.fencing_counter}
         out.write(json.dumps(doc) + "\n")
@@ -486,7 +476,7 @@ async def _demo(url: str, workers: int, rounds: int, hold: float, key: str, out:
     locker = from_url(url, options)
     board = _Board(out, [f"w{n}" for n in range(1, workers + 1)], live)
     loop = asyncio.get_running_loop()
-    out.write(f"{workers} workers contend for lock {key!r} on {_shown(url)}, {rounds} sections each\n\n")
+    out.write(f"{workers} workers contend for lock {key!r} on {redact_url(url)}, {rounds} sections each\n\n")
     board.header()
 
     async def worker(name: str) -> None:

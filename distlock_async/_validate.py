@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 MAX_KEY_BYTES = 1024
 #: A year: long enough for any lease a person means to take, short enough that a unit mistake
@@ -50,3 +51,14 @@ def check_count(name: str, value: object) -> int:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     return value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, in the userinfo or the query, replaced by ``***``: fit for messages."""
+    scheme, sep, rest = url.partition("://")
+    netloc, tail = re.match(r"([^/?#]*)(.*)", rest, re.DOTALL).groups()  # type: ignore[union-attr]
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}{colon and ':***'}@{host}{tail}"
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", f"{scheme}{sep}{rest}")

@@ -515,18 +515,29 @@ def default_etcd() -> Iterator[EtcdServer]:
         server.cleanup()
 
 
-async def test_a_ttl_below_the_servers_minimum_is_raised_with_a_warning(
-    default_etcd: EtcdServer, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_ttl_below_the_servers_minimum_is_a_clear_error_not_a_longer_lock(default_etcd: EtcdServer) -> None:
+    """etcd would silently raise a 1 s lease to its 2 s minimum: the obtain refuses instead, leaves no lease
+    or key behind, and later obtains below the minimum fail before any RPC; longer TTLs work."""
     locker = await EtcdLocker.connect([default_etcd.endpoint])
-    lock = await locker.obtain("short", ttl=1)
-    assert any(
-        r.levelno == logging.WARNING and "raised the lease TTL from 1 s to its minimum of 2 s" in r.getMessage()
-        for r in caplog.records
-    )
-    assert 1 < await lock.ttl() <= 2  # the lease etcd really granted
-    await lock.release()
-    await locker.aclose()
+    admin = aetcd.Client(host="127.0.0.1", port=default_etcd.port, timeout=5)
+    try:
+        with pytest.raises(ValueError, match=r"ttl: a lease of 1 s .* minimum lease TTL of 2 s .* at least 2"):
+            await locker.obtain("short", ttl=1)
+        assert await leases(admin) == set(), "the raised lease was left behind"
+        assert list(await admin.get_prefix(b"distlock/")) == []
+        with pytest.raises(ValueError, match="minimum lease TTL of 2 s"):
+            async with locker.lock("short", ttl=0.5):
+                pytest.fail("the body ran")
+        await (await locker.obtain("short", ttl=2)).release()
+    finally:
+        await locker.aclose()
+        await admin.close()
+    pinned = await EtcdLocker.connect([default_etcd.endpoint], etcd_options=EtcdOptions(session_ttl=1))
+    try:
+        with pytest.raises(ValueError, match=r"EtcdOptions.session_ttl=1 is below .* a session_ttl of at least 2"):
+            await pinned.obtain("short", ttl=30)
+    finally:
+        await pinned.aclose()
 
 
 async def test_a_hung_member_gives_backend_error_within_the_deadline(default_etcd: EtcdServer) -> None:

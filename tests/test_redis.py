@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio
+from redis.crc import key_slot
 
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
 from distlock_async.testing.servers import RedisServer, TLSRedisServer
@@ -106,12 +107,17 @@ async def test_scripts_are_reloaded_transparently_after_script_flush(
 
 async def test_keys_share_a_hash_slot_and_hold_the_token(own_redis: RedisServer, admin: redis.asyncio.Redis) -> None:
     locker = RedisLocker(client_for(own_redis.port), namespace="app")
-    key = "invoice:{42} ü"
-    async with await locker.obtain(key, ttl=10) as lock:
-        assert await admin.get(f"app:{{{key}}}") == lock.token
-        assert 9000 < await admin.pttl(f"app:{{{key}}}") <= 10000
-        assert await admin.get(f"app:{{{key}}}:fence") == str(lock.fencing_token)
+    async with await locker.obtain("invoice:{42 ü", ttl=10) as lock:
+        assert await admin.get("app:{invoice:{42 ü}") == lock.token
+        assert 9000 < await admin.pttl("app:{invoice:{42 ü}") <= 10000
+        assert await admin.get("app:{invoice:{42 ü}:fence") == str(lock.fencing_token)
     assert await lock_keys(admin, "app") == []
+    # "}" would end the hash tag early, or leave it empty so that the two keys hash whole into different
+    # slots: it is escaped, with "%" too, so that no two lock names meet.
+    for key, name in [("}", "app:{%7D}"), ("a}b", "app:{a%7Db}"), ("%7D", "app:{%257D}"), ("100%", "app:{100%25}")]:
+        async with await locker.obtain(key, ttl=10) as lock:
+            assert await admin.get(name) == lock.token
+            assert key_slot(name.encode()) == key_slot(f"{name}:fence".encode())
     await locker.aclose()
     await locker.client.aclose()
 
@@ -416,6 +422,73 @@ async def test_a_certificate_from_an_unknown_authority_is_refused(tls_redis: TLS
     async with from_url(url) as locker:
         with pytest.raises(BackendError, match="certificate"):
             await locker.obtain("k")
+
+
+async def _acl_user(server: TLSRedisServer, name: str, password: str, keys: str) -> None:
+    """An ACL user that may run everything but admin commands, on keys and channels matching ``keys``."""
+    admin = client_for(server.port, password=server.password)
+    try:
+        await admin.acl_setuser(
+            name,
+            enabled=True,
+            reset=True,
+            passwords=[f"+{password}"],
+            keys=[keys],
+            channels=[keys],
+            commands=["+@all", "-@dangerous"],
+        )
+    finally:
+        await admin.aclose()
+
+
+async def test_an_acl_user_confined_to_the_namespace_can_lock_and_no_other(tls_redis: TLSRedisServer) -> None:
+    """A least-privilege deployment: the user may touch only ``distlock:*`` keys and channels. Locking,
+    waking a waiter and refreshing work; a locker whose namespace lies outside gets a clear error."""
+    await _acl_user(tls_redis, "locker", "locker-pass", "distlock:*")
+    url = f"redis://locker:locker-pass@127.0.0.1:{tls_redis.port}/0"
+    async with from_url(url) as first, from_url(url) as second:
+        lock = await first.obtain("acl", ttl=5)
+        waiter = asyncio.create_task(second.obtain("acl", ttl=5, retry_delay=60, max_retries=1))
+        admin = client_for(tls_redis.port, password=tls_redis.password)
+        try:
+            while (await admin.pubsub_numsub("distlock:{acl}"))[0][1] == 0:  # noqa: ASYNC110 - the server's state
+                await asyncio.sleep(0.005)  # the waiter subscribes on a connection of its own
+        finally:
+            await admin.aclose()
+        await lock.refresh()
+        await lock.release()
+        with anyio.fail_after(30):  # woken over the channel, not by the 60 s retry
+            await (await waiter).release()
+    async with RedisLocker.from_url(url, namespace="elsewhere") as outside:
+        with pytest.raises(BackendError, match=r"NOPERM|permission"):
+            await outside.obtain("acl", max_retries=0)
+
+
+async def test_a_password_never_shows_in_errors_reprs_or_logs(
+    tls_redis: TLSRedisServer, caplog_debug: pytest.LogCaptureFixture
+) -> None:
+    secret = "hunter2-do-not-print"
+    await _acl_user(tls_redis, "locker2", "the-right-one", "distlock:*")
+    shown: list[str] = []
+    for url in (
+        f"redis://locker2:{secret}@127.0.0.1:{tls_redis.port}/0",  # a wrong password, in the userinfo
+        f"redis://127.0.0.1:{tls_redis.port}/0?username=locker2&password={secret}",  # in the query
+    ):
+        async with from_url(url) as locker:
+            shown.append(repr(locker))
+            with pytest.raises(BackendError) as info:
+                await locker.obtain("k", max_retries=0)
+        error: BaseException | None = info.value
+        while error is not None:
+            shown += [str(error), repr(error)]
+            error = error.__cause__ or error.__context__
+        with pytest.raises(ValueError, match="bogus") as bad:
+            from_url(url + "&bogus=1" if "?" in url else url + "?bogus=1")
+        shown += [str(bad.value), repr(bad.value)]
+    shown += [record.getMessage() for record in caplog_debug.records]
+    assert "***" in str(bad.value)  # the URL is shown, redacted
+    leaks = [text for text in shown if secret in text]
+    assert not leaks, leaks
 
 
 # --- replicas ----------------------------------------------------------------------------------------

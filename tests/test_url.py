@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from distlock_async import EtcdLocker, EtcdOptions, MemoryLocker, Options, from_url
+from distlock_async import EtcdLocker, EtcdOptions, MemoryLocker, Options, RedisLocker, from_url
 
 
 def test_memory_url_gives_a_memory_locker_with_the_options() -> None:
@@ -39,6 +39,25 @@ def test_each_memory_locker_from_a_url_has_its_own_store() -> None:
         ("", "scheme://"),
         ("memory://somewhere", "takes nothing after the scheme"),
         ("memory://?db=1", "takes nothing after the scheme"),
+        ("redis://", "no host"),
+        ("redis://:6379/0", "no host"),
+        ("rediss://:pw@:6380", "no host"),
+        ("redis://localhost:abc", "Port could not be cast"),
+        ("redis://localhost:70000", "Port out of range"),
+        ("redis://localhost:0", "port 0"),
+        ("redis://localhost/abc", "database must be a number"),
+        ("redis://localhost/-1", "database must be a number"),
+        ("redis://localhost?db=x", "'db'"),
+        ("redis://localhost/0#top", "fragment"),
+        ("redis://[::1", "IPv6"),
+        ("unix://", "socket's path"),
+        ("redis://localhost?socket_timeout=-1", "socket_timeout must be > 0"),
+        ("redis://localhost?socket_timeout=nan", "socket_timeout must be finite"),
+        ("redis://localhost?socket_connect_timeout=0", "socket_connect_timeout must be > 0"),
+        ("redis://localhost?socket_timeout=abc", "socket_timeout"),
+        ("redis://localhost?bogus=1", "bogus"),
+        ("rediss://localhost?ssl_cert_reqs=maybe", "Certificate Requirements"),
+        ("rediss://localhost?ssl_ca_certs=/nonexistent/ca.pem", "ssl_ca_certs: no such file"),
     ],
 )
 def test_other_urls_raise_value_error(url: str, match: str) -> None:
@@ -86,3 +105,36 @@ def test_etcd_url_gives_an_etcd_locker_that_connects_on_first_use(url: str, endp
 def test_etcd_options_on_a_memory_url_are_refused() -> None:
     with pytest.raises(ValueError, match="etcd_options"):
         from_url("memory://", etcd_options=EtcdOptions())
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:s3cret@localhost:abc", "redis://user:***@localhost:abc"),
+        ("redis://:s3cret@localhost:abc", "redis://:***@localhost:abc"),
+        ("redis://user:p@ss@localhost:abc", "redis://user:***@localhost:abc"),  # an unescaped @ in it
+        ("redis://localhost:abc?username=u&password=s3cret", "redis://localhost:abc?username=u&password=***"),
+    ],
+)
+def test_a_bad_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    with pytest.raises(ValueError, match="Port could not be cast") as info:
+        from_url(url)
+    assert repr(shown) in str(info.value)
+    assert "s3cret" not in str(info.value)
+    assert "p@ss" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "redis://user:pw@localhost:6380/15?socket_timeout=0.5&socket_connect_timeout=1",
+        "rediss://localhost:6380/0?ssl_cert_reqs=none",
+        "unix:///run/redis/redis.sock?db=2",
+        "REDIS://LOCALHOST:6379/",
+    ],
+)
+def test_redis_urls_that_can_work_make_a_locker(url: str) -> None:
+    locker = from_url(url)  # synchronous: nothing is dialled before the first lock call
+    assert isinstance(locker, RedisLocker)
+    assert locker.namespace == "distlock"

@@ -311,7 +311,8 @@ class _EtcdDriver:
         self.closed = False
         self._connecting: asyncio.Lock | None = None
         self._ready = False
-        self._warned_ttl = False
+        #: The shortest lease TTL the cluster grants as asked, learned from the first grant it raised.
+        self.min_lease_ttl = 1
         #: Leases of released locks, by the TTL they were asked for, for the next obtains to reuse.
         self._spares: dict[int, list[tuple[int, float]]] = {}
         self._keep_spares = True
@@ -390,7 +391,21 @@ class _EtcdDriver:
     # --- leases ------------------------------------------------------------------------------------
 
     def lease_ttl(self, ttl: float) -> int:
-        return self.options.session_ttl or max(1, math.ceil(ttl))
+        """The lease TTL of a lock of ``ttl`` seconds; ``ValueError`` if the cluster would raise it."""
+        lease_ttl = self.options.session_ttl or max(1, math.ceil(ttl))
+        if lease_ttl < self.min_lease_ttl:
+            raise ValueError(self._below_minimum(lease_ttl, self.min_lease_ttl))
+        return lease_ttl
+
+    def _below_minimum(self, lease_ttl: int, minimum: int) -> str:
+        if self.options.session_ttl:
+            asked, fix = f"EtcdOptions.session_ttl={lease_ttl}", f"a session_ttl of at least {minimum}"
+        else:
+            asked, fix = f"ttl: a lease of {lease_ttl} s (the lock's ttl rounded up)", f"a ttl of at least {minimum}"
+        return (
+            f"{asked} is below this etcd cluster's minimum lease TTL of {minimum} s (1.5 election timeouts), "
+            f"which etcd would silently apply instead; use {fix}"
+        )
 
     async def grant(self, lease_id: int, ttl: int) -> int:
         """Grant a lease with our ID; the TTL etcd gave it."""
@@ -405,14 +420,11 @@ class _EtcdDriver:
             raise
         if reply.error:
             raise BackendError(f"etcd lease grant failed: {reply.error}")
-        if ttl < reply.TTL and not self._warned_ttl:
-            self._warned_ttl = True
-            logger.warning(
-                "etcd raised the lease TTL from %d s to its minimum of %d s (1.5 election timeouts): "
-                "locks of this locker live at least that long",
-                ttl,
-                reply.TTL,
-            )
+        if ttl < reply.TTL:
+            # etcd raised the TTL to its minimum: refuse the lease rather than hold a lock longer than asked
+            # (the obtain's close() revokes it), and refuse such TTLs from now on without asking etcd.
+            self.min_lease_ttl = max(self.min_lease_ttl, int(reply.TTL))
+            raise ValueError(self._below_minimum(ttl, int(reply.TTL)))
         return int(reply.TTL)
 
     async def revoke(self, lease_id: int) -> bool:
@@ -619,9 +631,9 @@ class EtcdLocker(LockerBase):
     still there; ``ttl()`` is the lease's remaining time in whole seconds.
 
     A lease lives ``EtcdOptions.session_ttl`` seconds, by default the lock's ``ttl`` rounded up to whole
-    seconds; etcd raises a shorter TTL to its minimum (1.5 election timeouts, 2 s with its default
-    settings) and a leader change resets it to the full TTL. Every RPC has a deadline of
-    ``EtcdOptions.session_timeout`` seconds.
+    seconds, and a leader change resets it to the full TTL. etcd would raise a shorter TTL to its minimum
+    (1.5 election timeouts, 2 s with its default settings): ``obtain`` raises ``ValueError`` instead.
+    Every RPC has a deadline of ``EtcdOptions.session_timeout`` seconds.
 
     Args:
         client: an ``aetcd.Client``. The locker never closes it.

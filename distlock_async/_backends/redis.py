@@ -3,7 +3,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio.lowlevel
 import redis.asyncio
@@ -14,7 +16,7 @@ from .._core._locker import LockerBase
 from .._core._signal import Signal
 from .._errors import BackendError
 from .._options import Options
-from .._validate import check_seconds
+from .._validate import check_seconds, redact_url
 from ._redis_io import CLIENT_ERRORS, Mux, NotSent, Subscriber
 
 __all__ = ["RedisLocker"]
@@ -131,8 +133,11 @@ class _Keys:
     __slots__ = ("fence", "lock")
 
     def __init__(self, namespace: str, key: str) -> None:
-        # The braces make a Cluster hash tag: both keys live in the slot of the user's key.
-        self.lock = f"{namespace}:{{{key}}}"
+        # The braces make a Cluster hash tag: both keys live in the slot of the user's key. A "}" in the
+        # key would end the tag early (or leave it empty, so that each key hashed whole, into different
+        # slots): it is written "%7D", and "%" as "%25" so that no two keys share a name.
+        tag = key.replace("%", "%25").replace("}", "%7D")
+        self.lock = f"{namespace}:{{{tag}}}"
         self.fence = self.lock + ":fence"
 
 
@@ -352,6 +357,60 @@ class _RedisDriver:
                 logger.debug("closing the Redis client failed: %r", exc)
 
 
+#: Query options of a Redis URL that are durations: redis-py takes any float, we take what makes sense.
+_URL_SECONDS = ("socket_timeout", "socket_connect_timeout")
+#: Query options of a Redis URL that name files, which must exist.
+_URL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def _client_from_url(url: str) -> Any:
+    """A redis-py client for ``url``, or ``ValueError`` if the URL could not work (checked before any
+    connection: host or socket path present, port and database in range, options redis-py knows)."""
+    shown = redact_url(url)
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"not a usable Redis URL: {shown!r} ({why})")
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if parts.fragment:
+        raise bad("a Redis URL has no #fragment")
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        if not parts.path:
+            raise bad("unix:// needs the socket's path, as in unix:///run/redis.sock")
+    else:
+        if not parts.hostname:
+            raise bad("no host; write redis://host[:port][/db]")
+        if port == 0:
+            raise bad("port 0 is not a port to connect to")
+        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+            raise bad(f"the database must be a number >= 0, got {parts.path[1:]!r}")
+    try:
+        client = redis.asyncio.from_url(url)
+        pool = client.connection_pool
+        # Building (not connecting) one connection makes redis-py check every option it was given:
+        # an unknown one, or a bad TLS setting, would otherwise surface at the first lock call.
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError, redis.exceptions.RedisError) as exc:
+        raise bad(str(exc)) from None
+    for name in _URL_FILES:
+        path = pool.connection_kwargs.get(name)
+        if path is not None and not os.path.isfile(path):
+            raise bad(f"{name}: no such file {path!r}")
+    for name in _URL_SECONDS:
+        value = pool.connection_kwargs.get(name)
+        if value is not None:
+            try:
+                check_seconds(name, value)
+            except (TypeError, ValueError) as exc:
+                raise bad(str(exc)) from None
+    return client
+
+
 def _check_replicas(replicas: object, replica_timeout: object) -> float:
     if isinstance(replicas, bool) or not isinstance(replicas, int):
         raise TypeError(f"replicas must be an int, not {type(replicas).__name__}")
@@ -363,8 +422,9 @@ def _check_replicas(replicas: object, replica_timeout: object) -> float:
 class RedisLocker(LockerBase):
     """Locks in Redis: standalone, Sentinel-managed or Cluster.
 
-    Each lock is one key, ``"{namespace}:{" + key + "}"``, holding the lock's random token with a TTL,
-    and a fencing counter beside it in the same hash slot. Obtain, release, refresh and ``ttl()`` are one
+    Each lock is one key, ``"{namespace}:{" + key + "}"`` (with ``%`` and ``}`` of the key written as
+    ``%25`` and ``%7D``), holding the lock's random token with a TTL, and a fencing counter beside it in the
+    same hash slot. Obtain, release, refresh and ``ttl()`` are one
     Lua script call each; waiters are woken over pub/sub when the holder releases, one at a time and in
     the order they started waiting within a locker.
 
@@ -448,10 +508,7 @@ class RedisLocker(LockerBase):
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         _check_replicas(replicas, replica_timeout)  # before a client exists that would need closing
-        try:
-            client = redis.asyncio.from_url(url)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"not a Redis URL: {url!r} ({exc})") from exc
+        client = _client_from_url(url)
         self = cls.__new__(cls)
         self._init(client, options, namespace, replicas, replica_timeout, owned=True)
         return self
