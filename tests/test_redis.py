@@ -5,6 +5,7 @@ server gets a server of its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import statistics
@@ -14,10 +15,11 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.crc import key_slot
 
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
-from distlock_async.testing.servers import RedisServer, TLSRedisServer
+from distlock_async.testing.servers import RedisServer, TLSRedisServer, _Sentinel
 
 from .helpers import OPERATIONS, lock_operation, log_event
 from .proxy import FaultProxy
@@ -533,6 +535,78 @@ async def test_the_replicas_option_releases_a_lock_that_no_replica_has() -> None
         if replica is not None:
             replica.cleanup()
         master.cleanup()
+
+
+async def _until(probe: Any, limit: float = 60) -> None:
+    """Poll a server's state (there is no event to await) until ``probe()`` is true."""
+    with anyio.fail_after(limit):
+        while not await probe():  # noqa: ASYNC110 - servers' state
+            await asyncio.sleep(0.05)
+
+
+async def test_a_sentinel_failover_with_replication_cut_loses_the_lock_unless_replicas_is_set() -> None:
+    """The failure the Redis docs warn of, on real servers: replication to the replica is cut, a lock is
+    granted on the master alone, the master hangs and Sentinel promotes the replica, which never saw the
+    lock. A second client then obtains the same key: two holders (with a higher fencing token, which is
+    what lets the resource reject the first). The first holder's refresh then fails. With
+    ``replicas=1`` the same obtain raises ``BackendError`` at once, leaving no lock."""
+    async with contextlib.AsyncExitStack() as stack:
+        master = RedisServer("--repl-diskless-sync-delay", "0")
+        stack.callback(master.cleanup)
+        master.start()
+        admin = client_for(master.port)
+        stack.push_async_callback(admin.aclose)
+        link = await stack.enter_async_context(FaultProxy(master.port))
+        replica = RedisServer("--replicaof", "127.0.0.1", str(link.port))
+        stack.callback(replica.cleanup)
+        replica.start()
+        replica_admin = client_for(replica.port)
+        stack.push_async_callback(replica_admin.aclose)
+
+        async def replica_synced() -> bool:
+            return bool((await replica_admin.info("replication"))["master_link_status"] == "up")
+
+        await _until(replica_synced)
+        sentinel = _Sentinel(master.port, "mymaster")
+        stack.callback(sentinel.cleanup)
+        sentinel.start()
+        sentinels = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=2)  # type: ignore[no-untyped-call]
+        for connection in sentinels.sentinels:
+            stack.push_async_callback(connection.aclose)
+
+        async def replica_known() -> bool:
+            return bool(await sentinels.discover_slaves("mymaster"))
+
+        async def promoted() -> bool:
+            try:
+                return bool(await sentinels.discover_master("mymaster") == ("127.0.0.1", replica.port))
+            except MasterNotFoundError:
+                return False  # Sentinel names no master while the failover runs
+
+        async def locker(**kwargs: Any) -> RedisLocker:
+            client = sentinels.master_for("mymaster", socket_timeout=2)
+            stack.push_async_callback(client.aclose)
+            return await stack.enter_async_context(RedisLocker(client, **kwargs))
+
+        await _until(replica_known)
+        first, careful = await locker(), await locker(replicas=1, replica_timeout=0.3)
+        link.blackhole()  # the replica hears nothing from the master from now on
+        with pytest.raises(BackendError, match="reached 0 of 1 replicas"):
+            await careful.obtain("k")
+        assert await admin.exists("distlock:{k}") == 0, "the unreplicated lock was not released"
+        lock = await first.obtain("k", ttl=60)  # on the master alone
+
+        master.pause()  # Sentinel sees it down after 1 s and promotes the replica
+        await _until(promoted)
+        other = await (await locker()).obtain("k", max_retries=0)  # the lock was lost with the old master
+        assert other.fencing_token > lock.fencing_token
+        # The old master never comes back (had it been resumed, the first holder's refreshes would succeed
+        # there until Sentinel demoted it, up to 10 s later: the split brain only fencing resolves).
+        master.kill()
+        with pytest.raises((LockNotHeldError, BackendError)):
+            await lock.refresh()
+        await other.release()
+        link.heal()
 
 
 async def test_bad_replica_settings_are_refused_with_their_names() -> None:
