@@ -80,9 +80,9 @@ class FaultProxy:
         async def deliver() -> None:
             while True:
                 due, data = await queue.get()
-                if not data:
-                    break
                 await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    break  # the end of the stream is delayed too, as a slow link delays a FIN
                 writer.write(data)
                 await writer.drain()
 
@@ -91,7 +91,7 @@ class FaultProxy:
             while data := await reader.read(65536):
                 if not self.blackholed:
                     queue.put_nowait((loop.time() + self.delay, data))
-            queue.put_nowait((0.0, b""))
+            queue.put_nowait((loop.time() + self.delay, b""))
             await delivery
         except (OSError, asyncio.IncompleteReadError):
             pass

@@ -255,6 +255,36 @@ async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisS
 # --- fairness and hand-off ---------------------------------------------------------------------------
 
 
+async def test_a_waiter_that_gives_up_leaves_no_reservation_behind(redis_server: RedisServer) -> None:
+    """A release reserves the lock for 50 ms when someone listens on its channel. A waiter that was
+    cancelled must not be counted by a release that comes after it left, or the lock would be reserved
+    for nobody and a try-lock refused although the lock is free. The waiter's wake-up connection goes
+    over a slow link (a delay proxy) while its lock commands do not, so its subscription outlives its
+    cancellation on the server unless the locker waits for the server to drop it."""
+    admin = client_for(redis_server.port)
+    async with (
+        FaultProxy(redis_server.port, delay=0.1) as slow,
+        RedisLocker(client_for(redis_server.port)) as far,
+        RedisLocker(client_for(redis_server.port)) as near,
+    ):
+        far._driver_.subscriber._make_client = lambda: client_for(slow.port)
+        for _ in range(3):
+            held = await near.obtain("k")
+            waiter = asyncio.create_task(far.obtain("k", retry_delay=60, max_retries=1))
+            with anyio.fail_after(20):
+                while (await admin.pubsub_numsub("distlock:{k}"))[0][1] == 0:  # noqa: ASYNC110 - server state
+                    await asyncio.sleep(0.005)
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            await held.release()
+            free = await near.obtain("k", max_retries=0)  # not reserved for the waiter that left
+            await free.release()
+        await far.client.aclose()
+        await near.client.aclose()
+    await admin.aclose()
+
+
 async def test_eight_tasks_on_one_key_take_turns(redis_server: RedisServer) -> None:
     """8 tasks re-contend at once after holding 1 ms: the locker's FIFO hand-off lets none of them starve."""
     client = client_for(redis_server.port)

@@ -279,6 +279,9 @@ class Subscriber:
         self._sender: asyncio.Task[None] | None = None
         self._requests: asyncio.Queue[tuple[bool, str]] | None = None
         self.queues: dict[str, Queue] = {}
+        #: Channels a leaving waiter needs to know unsubscribed on the server, by the future it awaits.
+        self._unsubscribing: dict[str, asyncio.Future[None]] = {}
+        self._stopping = asyncio.Lock()
 
     async def join(self, channel: str, signal: Signal, timeout: float) -> bool:
         """Add a waiter; ``True`` once its channel is subscribed (so the caller rechecks the lock)."""
@@ -298,29 +301,43 @@ class Subscriber:
         ready = queue.ready
         return ready.done() and not ready.cancelled() and bool(ready.result())
 
-    async def leave(self, channel: str, signal: Signal) -> bool:
-        """Remove a waiter; ``True`` if other waiters of this locker remain (and take over its wake-up)."""
+    async def leave(self, channel: str, signal: Signal, confirm: bool = False) -> bool:
+        """Remove a waiter; ``True`` if other waiters of this locker remain (and take over its wake-up).
+
+        With ``confirm``, when it is the channel's last waiter, return only once the server has dropped the
+        subscription: a release published after that cannot count this locker as a waiter (and reserve
+        the lock for nobody). Idempotent: a run cut short by a cancellation is repeated (see ``finish``).
+        """
         queue = self.queues.get(channel)
-        if queue is None or signal not in queue.waiters:
-            return False
-        del queue.waiters[signal]
-        if queue.handoff is signal:
-            queue.handoff = None
-        if signal.is_set():
-            # It was woken but did not take the lock (cancelled, or gave up): pass the wake-up on.
-            nxt = queue.wake_head()
-            if queue.handoff is None:
-                queue.handoff = nxt
-        if queue.waiters:
-            return True
-        del self.queues[channel]
-        if not queue.ready.done():
-            queue.ready.cancel()
-        if self.queues:
-            self._request(False, channel)
-        else:
+        if queue is not None and signal in queue.waiters:
+            del queue.waiters[signal]
+            if queue.handoff is signal:
+                queue.handoff = None
+            if signal.is_set():
+                # It was woken but did not take the lock (cancelled, or gave up): pass the wake-up on.
+                nxt = queue.wake_head()
+                if queue.handoff is None:
+                    queue.handoff = nxt
+            if queue.waiters:
+                return True
+            del self.queues[channel]
+            if not queue.ready.done():
+                queue.ready.cancel()
+            if self._requests is not None and (confirm or self.queues):
+                if confirm and channel not in self._unsubscribing:
+                    self._unsubscribing[channel] = asyncio.get_running_loop().create_future()
+                self._request(False, channel)
+        unsubscribed = self._unsubscribing.get(channel) if confirm else None
+        if unsubscribed is not None:
+            await asyncio.wait({unsubscribed})
+        if not self.queues:
             await self._stop()
-        return False
+        return channel in self.queues
+
+    def _unsubscribed(self, channel: str) -> None:
+        unsubscribed = self._unsubscribing.pop(channel, None)
+        if unsubscribed is not None and not unsubscribed.done():
+            unsubscribed.set_result(None)
 
     def released(self, channel: str) -> None:
         """This locker released ``channel``'s lock: hand it to our own head waiter without a round trip."""
@@ -357,7 +374,9 @@ class Subscriber:
                 if subscribe and channel in self.queues:
                     await self._subscribe(channel)
                 elif not subscribe and channel not in self.queues and self._pubsub is not None:
-                    await self._pubsub.unsubscribe(channel)
+                    await self._pubsub.unsubscribe(channel)  # the reader sees it confirmed
+                elif not subscribe:
+                    self._unsubscribed(channel)  # not subscribed on the server: nothing to wait for
             except CLIENT_ERRORS as exc:
                 logger.debug("subscribing to %r failed (%r); waiters fall back to their timers", channel, exc)
                 await self._drop_pubsub()
@@ -373,10 +392,11 @@ class Subscriber:
                 self._client = self._make_client()
             self._pubsub = self._client.pubsub()
             channels = list(self.queues)
-        await self._pubsub.subscribe(*channels)
-        if self._reader is None:
+        pubsub = self._pubsub
+        await pubsub.subscribe(*channels)
+        if self._reader is None and self._pubsub is pubsub:  # not dropped meanwhile
             self._reader = asyncio.get_running_loop().create_task(
-                self._read(self._pubsub), name="distlock_async: redis wake-ups"
+                self._read(pubsub), name="distlock_async: redis wake-ups"
             )
 
     async def _read(self, pubsub: Any) -> None:
@@ -388,6 +408,9 @@ class Subscriber:
                 channel = message["channel"]
                 if isinstance(channel, bytes):
                     channel = channel.decode()
+                if message["type"] == "unsubscribe":
+                    self._unsubscribed(channel)
+                    continue
                 queue = self.queues.get(channel)
                 if queue is None:
                     continue
@@ -413,6 +436,8 @@ class Subscriber:
     async def _drop_pubsub(self) -> None:
         reader, self._reader = self._reader, None
         pubsub, self._pubsub = self._pubsub, None
+        for channel in list(self._unsubscribing):
+            self._unsubscribed(channel)  # the connection and its subscriptions are gone
         if reader is not None:
             reader.cancel()
         if pubsub is not None:
@@ -422,12 +447,14 @@ class Subscriber:
         await _cancel_and_wait(reader)
 
     async def _stop(self) -> None:
-        sender, self._sender = self._sender, None
-        requests, self._requests = self._requests, None
-        if requests is not None:
-            requests.put_nowait((False, ""))  # wakes a sender whose cancellation was swallowed
-        await _cancel_and_wait(sender)
-        await self._drop_pubsub()
+        # One stop at a time: a second one must not drop the connection under a sender being stopped.
+        async with self._stopping:
+            sender, self._sender = self._sender, None
+            requests, self._requests = self._requests, None
+            if requests is not None:
+                requests.put_nowait((False, ""))  # wakes a sender whose cancellation was swallowed
+            await _cancel_and_wait(sender)
+            await self._drop_pubsub()
 
     async def aclose(self) -> None:
         for queue in self.queues.values():

@@ -203,7 +203,7 @@ class _RedisContender:
     async def close(self, granted: Granted | None) -> None:
         signal, self._signal = self._signal, None
         if signal is not None:
-            others_wait = await self._driver.subscriber.leave(self._keys.lock, signal)
+            others_wait = await self._driver.subscriber.leave(self._keys.lock, signal, confirm=granted is None)
             if granted is None and not others_wait:
                 # A release may have reserved the lock for waiters such as this one, which leaves without
                 # it (cancelled, or out of retries): nobody of this locker will take the reservation.
