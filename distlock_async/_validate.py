@@ -50,3 +50,18 @@ def check_count(name: str, value: object) -> int:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     return value
+
+
+def without_password(url: str) -> str:
+    """``url`` with the credentials before its host masked (``user:***@``), for messages.
+
+    Masks by the last ``@``, so a password that should have been percent-encoded is masked too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, after = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user + ':' if colon else ''}***@{after}"
