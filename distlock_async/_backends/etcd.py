@@ -700,7 +700,8 @@ class EtcdLocker(LockerBase):
     ``EtcdOptions.session_timeout`` seconds.
 
     Args:
-        client: an ``aetcd.Client``. The locker never closes it.
+        client: an ``aetcd.Client``. The locker never closes it. If it was given a user name and
+            password, the locker authenticates it again whenever etcd refuses its token.
         options: defaults for every lock of this locker.
         etcd_options: settings of the etcd backend.
         namespace: prefix of every key the locker writes (include a trailing ``/`` if you want one).
@@ -758,13 +759,17 @@ class EtcdLocker(LockerBase):
         resolved once, here. Connecting waits at most ``EtcdOptions.dial_timeout`` seconds. The locker
         closes the client in ``aclose()``.
 
+        With ``EtcdOptions.tls`` the client speaks TLS; with ``username`` and ``password`` it authenticates
+        once connected (within ``session_timeout``), and again whenever etcd refuses its token.
+
         Args:
             endpoints: ``["host:port", ...]`` of the cluster's members.
 
         Raises:
             TypeError: an argument has the wrong type.
             ValueError: an endpoint is malformed.
-            BackendError: no endpoint could be reached within ``dial_timeout``.
+            BackendError: no endpoint could be reached within ``dial_timeout`` (the message says why:
+                refused, a certificate not trusted, ...), a TLS file is unusable, or authentication failed.
         """
         self = cls._unconnected(parse_endpoints(endpoints), options, etcd_options, namespace)
         try:
