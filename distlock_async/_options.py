@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 from ._validate import MAX_SECONDS, check_count, check_seconds
 
@@ -55,20 +56,41 @@ class Options:
 class EtcdOptions:
     """Settings of the etcd backend (Go: ``EtcdOptions``); validated on construction.
 
+    The connection fields (``tls`` and below) apply to a locker that makes its own client
+    (``EtcdLocker.connect``, ``from_url``); an ``etcds://user:password@...?ca_file=...`` URL sets them too.
+
     Attributes:
         dial_timeout: seconds to wait for a connection to etcd; finite, ``> 0``.
         session_ttl: the lease TTL of one lock in whole seconds (etcd's unit), an ``int >= 1``;
             ``None`` means ``ceil(ttl)`` of the lock.
         session_timeout: seconds allowed to create the lease of one ``obtain``; finite, ``> 0``.
+        tls: connect over TLS, verifying the members' certificates.
+        ca_file: PEM file of the certificate authorities that sign the members' certificates;
+            ``None`` trusts the system's roots. Needs ``tls``.
+        cert_file: PEM certificate (chain) this client presents, for members that require client
+            certificates (``etcd --client-cert-auth``); needs ``key_file`` and ``tls``.
+        key_file: PEM private key (not encrypted) of ``cert_file``.
+        server_name: the name the members' certificates must be valid for; ``None`` means the host of
+            the first endpoint, as written. Needs ``tls``.
+        username: the etcd user to authenticate as; needs ``password``.
+        password: that user's password. Left out of ``repr()``, and of every message and log record.
 
     Raises:
         TypeError: a field has the wrong type.
-        ValueError: a field is out of range; the message names it.
+        ValueError: a field is out of range, a file does not exist, or a field lacks the one it
+            needs; the message names it.
     """
 
     dial_timeout: float = 5.0
     session_ttl: int | None = None
     session_timeout: float = 5.0
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dial_timeout", check_seconds("dial_timeout", self.dial_timeout))
@@ -77,6 +99,41 @@ class EtcdOptions:
             if not 1 <= self.session_ttl <= MAX_SECONDS:
                 raise ValueError(f"session_ttl must be between 1 and {MAX_SECONDS:.0f}, got {self.session_ttl!r}")
         object.__setattr__(self, "session_timeout", check_seconds("session_timeout", self.session_timeout))
+        if not isinstance(self.tls, bool):
+            raise TypeError(f"tls must be a bool, not {type(self.tls).__name__}")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            if not isinstance(path, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a str or os.PathLike, not {type(path).__name__}")
+            path = os.fspath(path)
+            if not isinstance(path, str):
+                raise TypeError(f"{name} must be a str path, not {type(path).__name__}")
+            if not os.path.isfile(path):
+                raise ValueError(f"{name} must be an existing file, got {path!r}")
+            object.__setattr__(self, name, path)
+            if not self.tls:
+                raise ValueError(f"{name} needs tls=True (an etcds:// URL)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        if self.server_name is not None:
+            _check_text("server_name", self.server_name)
+            if not self.tls:
+                raise ValueError("server_name needs tls=True (an etcds:// URL)")
+        if self.username is not None:
+            _check_text("username", self.username)
+        if self.password is not None and not isinstance(self.password, str):
+            raise TypeError(f"password must be a str, not {type(self.password).__name__}")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together: give both or neither")
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
 
 
 Options.__module__ = EtcdOptions.__module__ = "distlock_async"

@@ -7,6 +7,7 @@ from ._backends.memory import MemoryLocker
 from ._backends.redis import RedisLocker
 from ._options import EtcdOptions, Options
 from ._protocols import Locker
+from ._validate import redact_url
 
 __all__ = ["from_url"]
 
@@ -18,7 +19,8 @@ def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOpti
     ``rediss://`` and ``unix://`` a :class:`~distlock_async.RedisLocker` over a client it owns (see
     :meth:`RedisLocker.from_url <distlock_async.RedisLocker.from_url>`); ``etcd://host:port[,host:port...]``
     an :class:`~distlock_async.EtcdLocker` over a client it owns, which connects on first use and fails over
-    between the endpoints (see :meth:`EtcdLocker.from_url <distlock_async.EtcdLocker.from_url>`).
+    between the endpoints; ``etcds://`` the same over TLS, ``etcd://user:password@...`` authenticated (see
+    :meth:`EtcdLocker.from_url <distlock_async.EtcdLocker.from_url>`).
 
     Args:
         url: where the locks live.
@@ -35,19 +37,21 @@ def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOpti
         raise TypeError(f"etcd_options must be distlock_async.EtcdOptions or None, not {type(etcd_options).__name__}")
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise ValueError(f"url must look like 'scheme://...', got {url!r}")
+        raise ValueError(f"url must look like 'scheme://...', got {redact_url(url)!r}")
     scheme = scheme.lower()
     if scheme == "memory":
         parts = urlsplit(url)
         if parts.netloc or parts.path or parts.query or parts.fragment:
-            raise ValueError(f"url 'memory://' takes nothing after the scheme, got {url!r}")
+            raise ValueError(f"url 'memory://' takes nothing after the scheme, got {redact_url(url)!r}")
         if etcd_options is not None:
-            raise ValueError("etcd_options only apply to etcd:// URLs")
+            raise ValueError("etcd_options only apply to etcd:// and etcds:// URLs")
         return MemoryLocker(options)
     if scheme in ("redis", "rediss", "unix"):
         if etcd_options is not None:
-            raise ValueError("etcd_options only apply to etcd:// URLs")
+            raise ValueError("etcd_options only apply to etcd:// and etcds:// URLs")
         return RedisLocker.from_url(url, options)
-    if scheme == "etcd":
+    if scheme in ("etcd", "etcds"):
         return EtcdLocker.from_url(url, options, etcd_options)
-    raise ValueError(f"url scheme {scheme!r} is not supported; use redis://, rediss://, unix://, etcd:// or memory://")
+    raise ValueError(
+        f"url scheme {scheme!r} is not supported; use redis://, rediss://, unix://, etcd://, etcds:// or memory://"
+    )

@@ -56,6 +56,8 @@ def check_count(name: str, value: object) -> int:
 def redact_url(url: str) -> str:
     """``url`` with its password, in the userinfo or the query, replaced by ``***``: fit for messages."""
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
     netloc, tail = re.match(r"([^/?#]*)(.*)", rest, re.DOTALL).groups()  # type: ignore[union-attr]
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,3 +118,29 @@ def test_every_non_number_is_a_type_error(value: object) -> None:
     for field in ("ttl", "retry_delay", "refresh_interval"):
         with pytest.raises(TypeError, match=field):
             Options(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"tls": 1}, TypeError, "tls must be a bool"),
+        ({"tls": True, "ca_file": 3}, TypeError, "ca_file must be a str or os.PathLike"),
+        ({"ca_file": __file__}, ValueError, "ca_file needs tls=True"),
+        ({"tls": True, "cert_file": __file__}, ValueError, "cert_file and key_file go together"),
+        ({"tls": True, "server_name": ""}, ValueError, "server_name must not be empty"),
+        ({"username": "u"}, ValueError, "username and password go together"),
+        ({"password": "p"}, ValueError, "username and password go together"),
+        ({"username": "", "password": "p"}, ValueError, "username must not be empty"),
+        ({"username": "u", "password": b"p"}, TypeError, "password must be a str"),
+    ],
+)
+def test_etcd_options_check_the_security_fields(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        EtcdOptions(**kwargs)
+
+
+def test_etcd_options_take_paths_and_hide_the_password() -> None:
+    options = EtcdOptions(tls=True, ca_file=Path(__file__), username="u", password="hunter2")  # type: ignore[arg-type]
+    assert options.ca_file == __file__
+    assert "hunter2" not in repr(options)
+    assert "username='u'" in repr(options)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -32,8 +34,8 @@ def test_each_memory_locker_from_a_url_has_its_own_store() -> None:
         ("etcd://127.0.0.1:70000", "host:port"),
         ("etcd://127.0.0.1:2379,", "host:port"),
         ("etcd://127.0.0.1:2379/prefix", "etcd://host:port"),
-        ("etcd://127.0.0.1:2379?dial_timeout=1", "etcd://host:port"),
-        ("etcd://user:pw@127.0.0.1:2379", "etcd://host:port"),
+        ("etcd://127.0.0.1:2379?dial_timeout=1", r"unknown etcd URL parameter\(s\) dial_timeout"),
+        ("etcd://user:pw@127.0.0.1", "host:port"),
         ("http://localhost", "scheme 'http' is not supported"),
         ("localhost:6379", "scheme://"),
         ("", "scheme://"),
@@ -138,3 +140,56 @@ def test_redis_urls_that_can_work_make_a_locker(url: str) -> None:
     locker = from_url(url)  # synchronous: nothing is dialled before the first lock call
     assert isinstance(locker, RedisLocker)
     assert locker.namespace == "distlock"
+
+
+#: Characters that must be percent-encoded in a URL's user info, to show that they are decoded.
+PASSWORD = "p@ss:w/rd%s3cr3t"
+
+
+def credentials(user: str, password: str) -> str:
+    return f"{quote(user, safe='')}:{quote(password, safe='')}@"
+
+
+def test_an_etcds_url_sets_tls_files_and_percent_decoded_credentials(tmp_path: Path) -> None:
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "cert.pem", "key.pem"))
+    for path in (ca, cert, key):
+        path.write_text("")
+    url = (
+        f"etcds://{credentials('lock user', PASSWORD)}10.0.0.1:2379,10.0.0.2:2379"
+        f"?ca_file={quote(str(ca))}&cert_file={quote(str(cert))}&key_file={quote(str(key))}&server_name=etcd"
+    )
+    locker = from_url(url, etcd_options=EtcdOptions(dial_timeout=1))
+    assert isinstance(locker, EtcdLocker)
+    options = locker._driver_.options
+    assert (options.tls, options.ca_file, options.cert_file, options.key_file) == (True, str(ca), str(cert), str(key))
+    assert (options.server_name, options.username, options.password) == ("etcd", "lock user", PASSWORD)
+    assert options.dial_timeout == 1
+    assert locker._driver_.endpoints == [("10.0.0.1", 2379), ("10.0.0.2", 2379)]
+    assert PASSWORD not in repr(options)
+    assert from_url("etcds://127.0.0.1:2379")._driver_.options.tls is True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "etcd_options", "match"),
+    [
+        ("etcds://127.0.0.1:2379?dial_timeout=1&x=2", None, r"unknown etcd URL parameter\(s\) dial_timeout, x"),
+        ("etcds://127.0.0.1:2379?server_name=a&server_name=b", None, "server_name is given twice"),
+        ("etcds://127.0.0.1:2379?ca_file", None, "name=value"),
+        ("etcd://127.0.0.1:2379?server_name=etcd", None, "server_name needs tls=True"),
+        ("etcds://127.0.0.1:2379?ca_file=/no/such/ca.pem", None, "ca_file must be an existing file, got '/no/such"),
+        ("etcd://user@127.0.0.1:2379", None, "user:password@"),
+        ("etcd://:pw@127.0.0.1:2379", None, "user:password@"),
+        ("etcd://127.0.0.1:2379", EtcdOptions(tls=True), "use etcds://"),
+        ("etcds://u:p@127.0.0.1:2379", EtcdOptions(username="v", password="p"), "etcd_options.username contradicts"),
+        ("etcds://u:p@127.0.0.1:2379", EtcdOptions(username="u", password="q"), "contradicts the URL's password"),
+    ],
+)
+def test_bad_etcd_urls_raise_value_error(url: str, etcd_options: EtcdOptions | None, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        from_url(url, etcd_options=etcd_options)
+
+
+def test_url_settings_that_agree_with_etcd_options_are_accepted() -> None:
+    etcd_options = EtcdOptions(username="u", password="p", session_timeout=2)
+    locker = EtcdLocker.from_url("etcd://u:p@127.0.0.1:2379", etcd_options=etcd_options)
+    assert locker._driver_.options is etcd_options

@@ -1,8 +1,9 @@
 """gRPC plumbing of the etcd backend, under aetcd's channel: deadlines, error mapping, shared streams.
 
 aetcd 1.0 lacks what the locks need (sort, limit and ``max_create_revision`` on ranges, a persistent
-keep-alive stream, watches that notice a member without a leader), so lock operations go through its
-raw stubs, each with a deadline, and errors are mapped here.
+keep-alive stream, watches that notice a member without a leader, TLS, a token renewed when etcd
+rejects it), so lock operations go through its raw stubs, each with a deadline, and errors are mapped
+here.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import ipaddress
 import itertools
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import aetcd
 import aetcd.exceptions
+import aetcd.watcher
 import grpc
 from aetcd import rpc
 
 from .._core._signal import Signal
 from .._errors import BackendError
+from .._options import EtcdOptions
 
 logger = logging.getLogger("distlock_async")
 
@@ -95,6 +99,97 @@ async def resolve_target(endpoints: list[tuple[str, int]]) -> tuple[str, int]:
     return f"{scheme}:{','.join([*parts[:-1], last])}", addresses[-1][2]
 
 
+class Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
+    """aetcd's client over a channel of our making: TLS with ``credentials``, and no authentication in
+    ``connect()``, which only builds the channel; :func:`authenticate` does that, with a deadline.
+
+    aetcd 1.0 always dials ``insecure_channel``, and authenticates inside ``connect()`` without one.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        options: dict[str, Any],
+        credentials: grpc.ChannelCredentials | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        # aetcd keeps the credentials (``_username``, ``_password``); :func:`credentials_of` reads them.
+        super().__init__(host=host, port=port, username=username, password=password, options=options)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        target = f"{self._host}:{self._port}"
+        options = list(self._options.items())
+        if self._credentials is None:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.aio.secure_channel(target, self._credentials, options=options)
+        # The stubs aetcd's connect() makes, so that the client works for aetcd's own methods too.
+        self.auth_stub = rpc.AuthStub(self.channel)
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=None)
+        self._connected.set()
+        await asyncio.sleep(0)
+
+
+def channel_options(options: EtcdOptions, endpoints: list[tuple[str, int]]) -> dict[str, Any]:
+    """The gRPC channel arguments of a client the locker makes for ``endpoints``."""
+    arguments = dict(CHANNEL_OPTIONS)
+    if options.tls:
+        # The target holds IP addresses (see ``resolve_target``): certificates are checked against the
+        # name the user wrote instead, the same for every member.
+        arguments["grpc.ssl_target_name_override"] = options.server_name or endpoints[0][0]
+    return arguments
+
+
+def _read_pem(name: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise BackendError(f"etcd: cannot read {name} {path!r}: {exc.strerror or exc}") from exc
+
+
+def _load_credentials(options: EtcdOptions) -> grpc.ChannelCredentials:
+    root = None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if options.ca_file is not None:
+        root = _read_pem("ca_file", options.ca_file)
+        try:
+            context.load_verify_locations(cadata=root.decode("ascii"))
+        except (ssl.SSLError, ValueError) as exc:  # gRPC would only say "handshake failed", later
+            raise BackendError(f"etcd: ca_file {options.ca_file!r} holds no PEM certificate ({exc})") from exc
+    key = chain = None
+    if options.cert_file is not None and options.key_file is not None:
+        chain = _read_pem("cert_file", options.cert_file)
+        key = _read_pem("key_file", options.key_file)
+        try:
+            # The password callback refuses an encrypted key rather than let OpenSSL prompt for one.
+            context.load_cert_chain(options.cert_file, options.key_file, password=lambda: b"")
+        except (ssl.SSLError, OSError) as exc:
+            raise BackendError(
+                f"etcd: cert_file {options.cert_file!r} and key_file {options.key_file!r} are not a PEM "
+                f"certificate and its unencrypted private key ({exc})"
+            ) from exc
+    return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
+
+
+async def load_credentials(options: EtcdOptions) -> grpc.ChannelCredentials | None:
+    """The TLS credentials of ``options`` (``None`` without TLS), the files read and checked off the loop."""
+    if not options.tls:
+        await asyncio.sleep(0)
+        return None
+    return await asyncio.to_thread(_load_credentials, options)
+
+
 async def dial(client: aetcd.Client, timeout: float) -> None:
     """Connect ``client`` within ``timeout`` s; fail at once when every endpoint refused."""
     try:
@@ -108,15 +203,69 @@ async def dial(client: aetcd.Client, timeout: float) -> None:
         state = channel.get_state(try_to_connect=True)
         if state is grpc.ChannelConnectivity.READY:
             return
+        left = deadline - loop.time()
         if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            raise BackendError("etcd: cannot connect: no endpoint accepted the connection")
+            # The state says nothing of why (refused, TLS handshake, ...): a call fails with gRPC's reason.
+            try:
+                await client.maintenancestub.Status(rpc.StatusRequest(), timeout=max(left, 0.001))
+            except CLIENT_ERRORS as exc:
+                why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+                raise BackendError(f"etcd: cannot connect: no endpoint accepted the connection: {why}") from exc
+            continue  # it connected meanwhile
         if state is grpc.ChannelConnectivity.SHUTDOWN:
             raise BackendError("etcd: cannot connect: the client is closed")
-        left = deadline - loop.time()
         if left <= 0:
             raise BackendError(f"etcd: cannot connect within dial_timeout ({timeout} s)")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(channel.wait_for_state_change(state), left)
+
+
+def credentials_of(client: aetcd.Client) -> tuple[str, str] | None:
+    """The user name and password ``client`` authenticates with (aetcd keeps them privately), if any."""
+    username, password = getattr(client, "_username", None), getattr(client, "_password", None)
+    if isinstance(username, str) and isinstance(password, str):
+        return username, password
+    return None
+
+
+async def authenticate(client: aetcd.Client, timeout: float) -> None:
+    """Get a new token for the user of ``client`` within ``timeout`` s; every call sends it from then on.
+
+    etcd forgets its tokens when it restarts, and a simple token expires after ``--auth-token-ttl``
+    seconds unused (300 by default). A cluster without authentication enabled needs no token (as in Go).
+    """
+    credentials = credentials_of(client)
+    assert credentials is not None
+    username, password = credentials
+    stub = client.auth_stub or rpc.AuthStub(client.channel)  # aetcd makes it only when it authenticates
+    try:
+        reply = await stub.Authenticate(rpc.AuthenticateRequest(name=username, password=password), timeout=timeout)
+    except CLIENT_ERRORS as exc:
+        if (
+            isinstance(exc, grpc.aio.AioRpcError)
+            and exc.code() is grpc.StatusCode.FAILED_PRECONDITION
+            and "not enabled" in (exc.details() or "")
+        ):
+            logger.debug("etcd has authentication disabled: user %r sends no token", username)
+            client.metadata = None
+            return
+        raise BackendError(f"etcd: cannot authenticate as user {username!r}: {_detail(exc)}") from exc
+    client.metadata = (("token", reply.token),)
+    watcher = getattr(client, "_watcher", None)
+    if watcher is not None and hasattr(watcher, "_metadata"):
+        watcher._metadata = client.metadata  # aetcd's own watches open their streams with it
+
+
+def is_token_rejected(exc: BaseException) -> bool:
+    """etcd refused the token a call carried (expired, forgotten, outdated, or none): a new one may do."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return False
+    details = exc.details() or ""
+    return any(reason in details for reason in _TOKEN_REJECTED)
+
+
+#: Go's client gets a new token on these (``shouldRefreshToken``); the last means no token was sent.
+_TOKEN_REJECTED = ("invalid auth token", "revision of auth store is old", "user name is empty")
 
 
 def code(exc: BaseException) -> grpc.StatusCode | None:
@@ -142,9 +291,12 @@ class StreamFailed(Exception):
     """A shared stream broke under a pending request; the request may be sent again on a new stream."""
 
 
-def backend_error(what: str, exc: BaseException) -> BackendError:
-    detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
-    return BackendError(f"etcd {what} failed: {detail}")
+def _detail(exc: BaseException) -> str:
+    return f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+
+
+def backend_error(what: str, exc: BaseException, hint: str | None = None) -> BackendError:
+    return BackendError(f"etcd {what} failed: {_detail(exc)}" + (f" ({hint})" if hint else ""))
 
 
 class _Stream:
@@ -201,6 +353,8 @@ class _Stream:
         try:
             while (response := await call.read()) is not grpc.aio.EOF:
                 self._on_response(response)
+                if self._call is not call:
+                    return  # ``on_response`` reset the stream
             self._fail(call, ConnectionError(f"etcd closed the {self.name} stream"))
         except asyncio.CancelledError:
             if self._call is call:
@@ -220,6 +374,11 @@ class _Stream:
             if task is not asyncio.current_task():
                 task.cancel()
         self._on_failure(exc)
+
+    def reset(self, exc: BaseException) -> None:
+        """End the stream as failed (``on_failure`` hears of ``exc``); the next ``send`` opens a new one."""
+        if self._call is not None:
+            self._fail(self._call, exc)
 
     async def aclose(self) -> None:
         call, tasks = self._call, self._tasks
@@ -301,6 +460,10 @@ class Watch:
         self.fired = Signal()
 
 
+#: The ``watch_id`` of etcd's answer to a create it refused (Go: ``clientv3.InvalidWatchID``).
+_INVALID_WATCH_ID = -1
+
+
 class Watches:
     """Watches for deletions over one ``Watch`` stream with the ``hasleader`` metadata."""
 
@@ -310,6 +473,11 @@ class Watches:
         self._stream = _Stream("watch", open_call, self._response, self._failure)
 
     def _response(self, response: Any) -> None:
+        if response.canceled and response.watch_id == _INVALID_WATCH_ID:
+            # etcd refused a create without saying which (an expired token, say): this stream's token is
+            # no good. Every watch looks again, and the next one opens a stream with the current token.
+            self._stream.reset(ConnectionError(f"etcd refused a watch: {response.cancel_reason}"))
+            return
         watch = self._watches.get(response.watch_id)
         if watch is None:
             return

@@ -5,8 +5,9 @@ import contextlib
 import logging
 import math
 import secrets
+from dataclasses import fields, replace
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aetcd
 import grpc
@@ -16,19 +17,25 @@ from .._core._driver import Busy, Granted, KeyState
 from .._core._locker import LockerBase
 from .._errors import BackendError
 from .._options import EtcdOptions, Options
+from .._validate import redact_url
 from ._etcd_io import (
-    CHANNEL_OPTIONS,
     CLIENT_ERRORS,
     HASLEADER,
+    Client,
     KeepAlives,
     StreamFailed,
     Watch,
     Watches,
+    authenticate,
     backend_error,
+    channel_options,
     code,
+    credentials_of,
     dial,
     is_lease_not_found,
+    is_token_rejected,
     is_transient,
+    load_credentials,
     parse_endpoints,
     resolve_target,
 )
@@ -310,6 +317,7 @@ class _EtcdDriver:
         self.cleanup_timeout = options.session_timeout
         self.closed = False
         self._connecting: asyncio.Lock | None = None
+        self._authenticating: asyncio.Lock | None = None
         self._ready = False
         #: The shortest lease TTL the cluster grants as asked, learned from the first grant it raised.
         self.min_lease_ttl = 1
@@ -342,13 +350,24 @@ class _EtcdDriver:
                 await self._connect()
 
     async def _connect(self) -> None:
+        options = self.options
         if self.client is None:
             assert self.endpoints is not None
             host, port = await resolve_target(self.endpoints)
-            self.client = aetcd.Client(host=host, port=port, options=dict(CHANNEL_OPTIONS))
+            credentials = await load_credentials(options)
+            self.client = Client(
+                host,
+                port,
+                options=channel_options(options, self.endpoints),
+                credentials=credentials,
+                username=options.username,
+                password=options.password,
+            )
         if self.owned:
             try:
-                await dial(self.client, self.options.dial_timeout)
+                await dial(self.client, options.dial_timeout)
+                if credentials_of(self.client) is not None:
+                    await authenticate(self.client, self.deadline)
             except BaseException:
                 client, self.client = self.client, None
                 with contextlib.suppress(*CLIENT_ERRORS):
@@ -376,17 +395,46 @@ class _EtcdDriver:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline
         pause = _FIRST_PAUSE
+        renewed = False
         while True:
+            token = client.metadata
             try:
                 return await function(request, timeout=max(deadline - loop.time(), 0.001), metadata=self.metadata)
             except CLIENT_ERRORS as exc:
+                if not renewed and is_token_rejected(exc) and credentials_of(client) is not None:
+                    # Refused before it was applied: safe to send again, once, with a new token.
+                    renewed = True
+                    await self._renew_token(client, token, deadline)
+                    continue
                 if not is_transient(exc) or loop.time() + pause >= deadline:
-                    raise backend_error(what, exc) from exc
+                    raise backend_error(what, exc, self._hint(exc)) from exc
                 logger.debug("etcd %s failed (%s); trying again in %.2f s", what, exc, pause)
             await asyncio.sleep(pause)
             pause = min(2 * pause, _MAX_PAUSE)
             if retried is not None:
                 retried.append(True)
+
+    async def _renew_token(self, client: Any, token: Any, deadline: float) -> None:
+        """Authenticate again, unless another call did since ``token`` was sent: one Authenticate at a time."""
+        if self._authenticating is None:
+            self._authenticating = asyncio.Lock()
+        async with self._authenticating:
+            if client.metadata != token:
+                return
+            logger.debug("etcd refused the auth token; authenticating again")
+            await authenticate(client, max(deadline - asyncio.get_running_loop().time(), 0.001))
+
+    def _hint(self, exc: BaseException) -> str | None:
+        """What to do about an error that says the locker is set up wrong."""
+        if code(exc) is grpc.StatusCode.PERMISSION_DENIED:
+            credentials = credentials_of(self._client())
+            who = f"user {credentials[0]!r}" if credentials else "the user"
+            return f"{who} needs read and write permission on the keys under {self.namespace!r}"
+        if is_token_rejected(exc) and credentials_of(self._client()) is None:
+            return (
+                "etcd has authentication enabled: give a user name and password, as in etcd://user:password@host:port"
+            )
+        return None
 
     # --- leases ------------------------------------------------------------------------------------
 
@@ -613,6 +661,34 @@ class _EtcdDriver:
 
 _E = TypeVar("_E", bound="EtcdLocker")
 
+_URL_FORM = (
+    "'etcd://host:port[,host:port...]' (etcds:// for TLS; 'user:password@' before the hosts to authenticate; "
+    "query parameters ca_file, cert_file, key_file, server_name)"
+)
+#: The query parameters of an etcd URL: fields of ``EtcdOptions``.
+_URL_PARAMETERS = ("ca_file", "cert_file", "key_file", "server_name")
+#: The fields of ``EtcdOptions`` that say how to make a client: they do not apply to a client passed in.
+_CONNECTION_FIELDS = ("tls", *_URL_PARAMETERS, "username", "password")
+_DEFAULTS = {f.name: f.default for f in fields(EtcdOptions)}
+
+
+def _merged(etcd_options: EtcdOptions | None, settings: dict[str, Any]) -> EtcdOptions:
+    """``etcd_options`` with what a URL set; ``ValueError`` where both set a field, differently."""
+    if etcd_options is None:
+        return EtcdOptions(**settings)
+    changes = {}
+    for name, value in settings.items():
+        mine = getattr(etcd_options, name)
+        if mine == value:
+            continue
+        if name == "tls" and mine:
+            raise ValueError("etcd_options.tls is True but the URL is etcd://; use etcds://")
+        if mine != _DEFAULTS[name]:
+            shown = "the URL's password" if name == "password" else f"the URL's {value!r}"
+            raise ValueError(f"etcd_options.{name} contradicts {shown}; set it in one place")
+        changes[name] = value
+    return replace(etcd_options, **changes) if changes else etcd_options
+
 
 def _check_namespace(namespace: object) -> str:
     if not isinstance(namespace, str):
@@ -636,7 +712,8 @@ class EtcdLocker(LockerBase):
     Every RPC has a deadline of ``EtcdOptions.session_timeout`` seconds.
 
     Args:
-        client: an ``aetcd.Client``. The locker never closes it.
+        client: an ``aetcd.Client``. The locker never closes it. If it was given a user name and
+            password, the locker authenticates it again whenever etcd refuses its token.
         options: defaults for every lock of this locker.
         etcd_options: settings of the etcd backend.
         namespace: prefix of every key the locker writes (include a trailing ``/`` if you want one).
@@ -669,6 +746,13 @@ class EtcdLocker(LockerBase):
             raise TypeError(
                 f"etcd_options must be distlock_async.EtcdOptions or None, not {type(etcd_options).__name__}"
             )
+        if client is not None and etcd_options is not None:
+            given = [name for name in _CONNECTION_FIELDS if getattr(etcd_options, name) != _DEFAULTS[name]]
+            if given:
+                raise ValueError(
+                    f"EtcdOptions.{given[0]} applies to a client the locker makes (connect(), from_url()); "
+                    "set up the aetcd.Client you pass yourself"
+                )
         self._driver_ = _EtcdDriver(client, endpoints, etcd_options or EtcdOptions(), _check_namespace(namespace))
         super().__init__(self._driver_, options)
 
@@ -687,13 +771,17 @@ class EtcdLocker(LockerBase):
         resolved once, here. Connecting waits at most ``EtcdOptions.dial_timeout`` seconds. The locker
         closes the client in ``aclose()``.
 
+        With ``EtcdOptions.tls`` the client speaks TLS; with ``username`` and ``password`` it authenticates
+        once connected (within ``session_timeout``), and again whenever etcd refuses its token.
+
         Args:
             endpoints: ``["host:port", ...]`` of the cluster's members.
 
         Raises:
             TypeError: an argument has the wrong type.
             ValueError: an endpoint is malformed.
-            BackendError: no endpoint could be reached within ``dial_timeout``.
+            BackendError: no endpoint could be reached within ``dial_timeout`` (the message says why:
+                refused, a certificate not trusted, ...), a TLS file is unusable, or authentication failed.
         """
         self = cls._unconnected(parse_endpoints(endpoints), options, etcd_options, namespace)
         try:
@@ -714,18 +802,49 @@ class EtcdLocker(LockerBase):
     ) -> _E:
         """A locker over ``etcd://host:port[,host:port...]`` that owns its client and connects on first use.
 
+        ``etcds://`` connects over TLS. ``user:password@`` before the hosts authenticates as that etcd
+        user (both percent-decoded). Query parameters name the TLS files and the certificates' name:
+        ``etcds://h1:2379,h2:2379?ca_file=ca.pem&cert_file=client.pem&key_file=client-key.pem&server_name=etcd``.
+        What the URL sets lands in the :class:`~distlock_async.EtcdOptions` fields of the same names
+        (``tls`` from the scheme); ``etcd_options`` may set the others, not a different value of these.
+        No message ever shows the password.
+
         Raises:
             TypeError: an argument has the wrong type.
-            ValueError: the URL is malformed.
+            ValueError: the URL is malformed, has an unknown query parameter, names a file that does not
+                exist, or contradicts ``etcd_options``.
         """
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "etcd" or parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"etcd URLs look like 'etcd://host:port[,host:port...]', got {url!r}")
-        if not parts.netloc or "@" in parts.netloc:
-            raise ValueError(f"etcd URLs look like 'etcd://host:port[,host:port...]', got {url!r}")
-        return cls._unconnected(parse_endpoints(parts.netloc.split(",")), options, etcd_options, namespace)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise ValueError(f"etcd URLs look like {_URL_FORM}, got {redact_url(url)!r} ({exc})") from None
+        scheme = parts.scheme.lower()
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        if scheme not in ("etcd", "etcds") or parts.path not in ("", "/") or parts.fragment or not hosts:
+            raise ValueError(f"etcd URLs look like {_URL_FORM}, got {redact_url(url)!r}")
+        settings: dict[str, Any] = {"tls": scheme == "etcds"}
+        if at:
+            username, colon, password = userinfo.partition(":")
+            if not colon or not username:
+                raise ValueError(f"an etcd URL's credentials look like 'user:password@', got {redact_url(url)!r}")
+            settings["username"], settings["password"] = unquote(username), unquote(password)
+        try:
+            query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        except ValueError:
+            raise ValueError(f"etcd URL query must be 'name=value&...', got {parts.query!r}") from None
+        for name, value in query:
+            if name not in _URL_PARAMETERS:
+                unknown = sorted({name for name, _ in query} - set(_URL_PARAMETERS))
+                raise ValueError(
+                    f"unknown etcd URL parameter(s) {', '.join(unknown)}; known: {', '.join(_URL_PARAMETERS)}"
+                )
+            if name in settings:
+                raise ValueError(f"etcd URL parameter {name} is given twice")
+            settings[name] = value
+        endpoints = parse_endpoints(hosts.split(","))
+        return cls._unconnected(endpoints, options, _merged(etcd_options, settings), namespace)
 
     @classmethod
     def _unconnected(

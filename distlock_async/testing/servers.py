@@ -19,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlencode
 
 START_TIMEOUT = 30.0
 
@@ -216,24 +218,65 @@ class TLSRedisServer(RedisServer):
 class EtcdServer(_Process):
     """An etcd member with fast raft timers (elections in ~0.4 s, minimum lease TTL 1 s).
 
-    Alone by default; ``EtcdCluster`` makes members that know each other.
+    Alone by default; ``EtcdCluster`` makes members that know each other. With ``tls`` it serves
+    clients over TLS only, with certificates made by ``trustme`` at start (the authority in
+    ``ca_file``; the server's valid for ``127.0.0.1`` and ``localhost``), and metrics and ``/health``
+    over plain HTTP on ``metrics_port``. ``client_cert_auth`` also requires client certificates
+    signed by that authority (``client_cert_file``, ``client_key_file``). ``extra`` flags end the
+    command line. :meth:`enable_auth` and :meth:`add_user` turn on users and passwords.
     """
 
     name = "etcd"
 
-    def __init__(self, member: str = "test", *, fast: bool = True) -> None:
+    def __init__(
+        self,
+        member: str = "test",
+        *,
+        fast: bool = True,
+        tls: bool = False,
+        client_cert_auth: bool = False,
+        extra: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.binary = find_binary("etcd", "etcd-server")
         self.member = member
         #: Fast raft timers; without them etcd's defaults apply (1 s elections, 2 s minimum lease TTL).
         self.fast = fast
+        self.tls = tls or client_cert_auth
+        self.client_cert_auth = client_cert_auth
+        self.extra = list(extra)
         self.port = free_port()
         self.peer_port = free_port()
+        #: Where ``/metrics`` and ``/health`` answer over plain HTTP.
+        self.metrics_port = free_port() if self.tls else self.port
         self.initial_cluster = f"{member}={self.peer_url}"
+        #: Set by :meth:`enable_auth`; ``etcdctl`` then runs as root.
+        self.root_password: str | None = None
+        self.ca_file = self.dir / "ca.pem"
+        self.client_cert_file = self.dir / "client.pem"
+        self.client_key_file = self.dir / "client-key.pem"
+        if self.tls:
+            import trustme
+
+            ca = trustme.CA()
+            ca.cert_pem.write_to_path(str(self.ca_file))
+            server = ca.issue_cert("127.0.0.1", "localhost")
+            server.cert_chain_pems[0].write_to_path(str(self.dir / "server.pem"))
+            server.private_key_pem.write_to_path(str(self.dir / "server-key.pem"))
+            client = ca.issue_cert("distlock-test-client")
+            client.cert_chain_pems[0].write_to_path(str(self.client_cert_file))
+            client.private_key_pem.write_to_path(str(self.client_key_file))
 
     @property
     def url(self) -> str:
-        return f"etcd://{self.endpoint}"
+        """``etcd://host:port``, or with ``tls`` ``etcds://host:port?ca_file=...`` (and the client's
+        certificate and key with ``client_cert_auth``)."""
+        if not self.tls:
+            return f"etcd://{self.endpoint}"
+        query = {"ca_file": str(self.ca_file)}
+        if self.client_cert_auth:
+            query |= {"cert_file": str(self.client_cert_file), "key_file": str(self.client_key_file)}
+        return f"etcds://{self.endpoint}?{urlencode(query)}"
 
     @property
     def endpoint(self) -> str:
@@ -244,7 +287,19 @@ class EtcdServer(_Process):
         return f"http://127.0.0.1:{self.peer_port}"
 
     def command(self) -> list[str]:
-        client = f"http://127.0.0.1:{self.port}"
+        client = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        tls: list[str] = []
+        if self.tls:
+            tls = [
+                "--cert-file",
+                str(self.dir / "server.pem"),
+                "--key-file",
+                str(self.dir / "server-key.pem"),
+                "--listen-metrics-urls",
+                f"http://127.0.0.1:{self.metrics_port}",
+            ]
+        if self.client_cert_auth:
+            tls += ["--client-cert-auth", "--trusted-ca-file", str(self.ca_file)]
         return [
             self.binary,
             "--name",
@@ -266,17 +321,58 @@ class EtcdServer(_Process):
             *(["--heartbeat-interval", "20", "--election-timeout", "200"] if self.fast else []),
             "--log-level",
             "warn",
+            *tls,
+            *self.extra,
         ]
 
     def ready(self) -> bool:
         with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=0.5)
+            conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=0.5)
             try:
                 conn.request("GET", "/health")
                 return b'"health":"true"' in conn.getresponse().read()
             finally:
                 conn.close()
         return False
+
+    def etcdctl(self, *args: str) -> str:
+        """Run ``etcdctl`` against this member (as root once auth is on); its output."""
+        command = [
+            find_binary("etcdctl", "etcd-client"),
+            f"--endpoints={'https' if self.tls else 'http'}://{self.endpoint}",
+            "--dial-timeout=5s",
+            "--command-timeout=10s",
+        ]
+        if self.tls:
+            command.append(f"--cacert={self.ca_file}")
+        if self.client_cert_auth:
+            command += [f"--cert={self.client_cert_file}", f"--key={self.client_key_file}"]
+        if self.root_password is not None:
+            command.append(f"--user=root:{self.root_password}")
+        done = subprocess.run(
+            [*command, *args],
+            env={**os.environ, "ETCDCTL_API": "3"},
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args[:2])} failed: {done.stderr.decode(errors='replace')}")
+        return done.stdout.decode()
+
+    def enable_auth(self, root_password: str) -> None:
+        """Create the ``root`` user and turn authentication on: every client needs a user from then on."""
+        self.etcdctl("user", "add", "root", f"--new-user-password={root_password}", "--interactive=false")
+        self.etcdctl("user", "grant-role", "root", "root")
+        self.etcdctl("auth", "enable")
+        self.root_password = root_password
+
+    def add_user(self, name: str, password: str, prefix: str) -> None:
+        """A user with a role of the same name that may read and write the keys under ``prefix``."""
+        self.etcdctl("role", "add", name)
+        self.etcdctl("role", "grant-permission", name, "--prefix=true", "readwrite", prefix)
+        self.etcdctl("user", "add", name, f"--new-user-password={password}", "--interactive=false")
+        self.etcdctl("user", "grant-role", name, name)
 
 
 class EtcdCluster:

@@ -77,3 +77,8 @@ async def construction() -> None:
     lazy = EtcdLocker.from_url("etcd://127.0.0.1:2379", etcd_options=EtcdOptions(dial_timeout=1))
     print(lazy.namespace, lazy.client)
     await lazy.aclose()
+    secure = EtcdOptions(
+        tls=True, ca_file="ca.pem", cert_file="c.pem", key_file="k.pem", server_name="etcd", username="u", password="p"
+    )
+    tls_locker: Locker = from_url("etcds://u:p@10.0.0.1:2379?ca_file=ca.pem", etcd_options=secure)
+    await tls_locker.aclose()
