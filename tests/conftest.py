@@ -43,7 +43,10 @@ _DUMP_AFTER = 60.0
 def _dump_tasks() -> None:
     print(f"\n--- still running after {_DUMP_AFTER:.0f} s; the tasks:", file=sys.stderr)
     for task in asyncio.all_tasks():
-        task.print_stack(file=sys.stderr)
+        try:
+            task.print_stack(file=sys.stderr)
+        except Exception as exc:  # a frame of compiled code (gRPC's) can break linecache: show the task anyway
+            print(f"{task!r} (no stack: {exc!r})", file=sys.stderr)
 
 
 @pytest.fixture
