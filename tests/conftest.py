@@ -32,10 +32,16 @@ def anyio_backend() -> tuple[str, dict[str, object]]:
     return "asyncio", {"debug": True}
 
 
+#: Fixtures that start a cluster: a test that uses one is tier 2 (``pytest -m "not tier2"`` skips it).
+_CLUSTER_FIXTURES = {"etcd_cluster"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("anyio") is not None:
             item.fixturenames.insert(0, "_no_pending_tasks")  # type: ignore[attr-defined]
+        if _CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.tier2)
 
 
 #: Seconds after which a test that is still running prints every task's stack (a hang's post-mortem).
