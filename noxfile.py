@@ -31,13 +31,21 @@ def _install(session: nox.Session, *groups: str, project: bool = True) -> None:
 SERVERS = {"redis-server": "redis-server", "etcd": "etcd-server", "etcdctl": "etcd-client"}
 
 
+#: Tools some tier-2 tests need (network namespaces for the etcd partition); without them those tests
+#: skip, saying why. Installed only when the session can (root with apt-get).
+OPTIONAL = {"ip": "iproute2"}
+
+
 def _ensure_servers(session: nox.Session) -> None:
     """Take the servers from PATH, or install Debian's packages when running as root."""
     missing = sorted({package for binary, package in SERVERS.items() if shutil.which(binary) is None})
+    can_install = os.geteuid() == 0 and shutil.which("apt-get") is not None
+    if missing and not can_install:
+        session.error(f"the tests need {', '.join(missing)} on PATH; install them (as root: apt-get install ...)")
+    if can_install:
+        missing += sorted({package for binary, package in OPTIONAL.items() if shutil.which(binary) is None})
     if not missing:
         return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        session.error(f"the tests need {', '.join(missing)} on PATH; install them (as root: apt-get install ...)")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
     session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, external=True, env=env)

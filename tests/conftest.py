@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -30,10 +32,16 @@ def anyio_backend() -> tuple[str, dict[str, object]]:
     return "asyncio", {"debug": True}
 
 
+#: Fixtures that start a cluster: a test that uses one is tier 2 (``pytest -m "not tier2"`` skips it).
+_CLUSTER_FIXTURES = {"etcd_cluster"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("anyio") is not None:
             item.fixturenames.insert(0, "_no_pending_tasks")  # type: ignore[attr-defined]
+        if _CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.tier2)
 
 
 #: Seconds after which a test that is still running prints every task's stack (a hang's post-mortem).
@@ -255,6 +263,23 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         await b.aclose()
         async for _ in gen:
             pass
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """What a mutual-exclusion checker test saw (see tests/test_faults.py), filled in by the test.
+
+    Printed after the test, failed or not, as one ``FIGURES {json}`` line (``pytest -s`` or ``-rA`` show
+    it), and appended to the file named by ``DISTLOCK_FIGURES`` if that is set.
+    """
+    record: dict[str, Any] = {}
+    yield record
+    if record:
+        line = json.dumps({"test": request.node.nodeid, **record})
+        print(f"FIGURES {line}")
+        if path := os.environ.get("DISTLOCK_FIGURES"):
+            with open(path, "a") as out:
+                out.write(line + "\n")
 
 
 @pytest.fixture

@@ -36,6 +36,9 @@ from distlock_async import (
     from_url,
 )
 
+#: What a checker test saw, filled in by the test and printed by conftest's ``figures`` fixture.
+Figures = dict[str, Any]
+
 
 class FencedStore:
     """A counter in a file; every access carries a fencing token and one below the highest seen is refused."""
@@ -85,6 +88,7 @@ class FencedStore:
 async def _work(args: argparse.Namespace, log: TextIO) -> None:
     rng = random.Random(args.seed)
     store = FencedStore(Path(args.store))
+    hold = Path(args.hold_while) if args.hold_while else None
 
     def emit(**record: Any) -> None:
         log.write(json.dumps({"client": args.client, "pid": os.getpid(), **record}) + "\n")
@@ -102,14 +106,18 @@ async def _work(args: argparse.Namespace, log: TextIO) -> None:
                     async with locker.lock(args.key) as lock:
                         section["obtained_at"] = time.monotonic_ns()
                         emit(event="obtained", token=lock.fencing_token)
-                        await _section(store, lock.fencing_token, rng, section)
-                        await asyncio.sleep(args.linger)  # work after the write, under the lock
+                        try:
+                            await _section(store, lock.fencing_token, rng, section, hold)
+                            await asyncio.sleep(args.linger)  # work after the write, under the lock
+                        finally:  # the body ends here, cancelled or not
+                            section["done_at"] = time.monotonic_ns()
                     section["release"] = "ok"
                 else:
                     held = await locker.obtain(args.key)
                     section["obtained_at"] = time.monotonic_ns()
                     emit(event="obtained", token=held.fencing_token)
-                    await _section(store, held.fencing_token, rng, section)
+                    await _section(store, held.fencing_token, rng, section, hold)
+                    section["done_at"] = time.monotonic_ns()
                     try:
                         await held.release()
                         section["release"] = "ok"
@@ -125,13 +133,18 @@ async def _work(args: argparse.Namespace, log: TextIO) -> None:
                 await asyncio.sleep(0.02)  # the backend is down: do not spin
 
 
-async def _section(store: FencedStore, token: int, rng: random.Random, out: dict[str, Any]) -> None:
+async def _section(
+    store: FencedStore, token: int, rng: random.Random, out: dict[str, Any], hold: Path | None = None
+) -> None:
     out["token"] = token
     counter, out["read_at"] = store.read(token)
     if counter is None:
         out["accepted"] = False
         return
     await asyncio.sleep(rng.uniform(0.02, 0.08))
+    while hold is not None and await asyncio.to_thread(hold.exists):  # a slow holder, as long as the test wants
+        out["held_back"] = True
+        await asyncio.sleep(0.01)
     out["accepted"], out["write_at"] = store.write(counter + 1, token)
 
 
@@ -148,6 +161,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--etcd-deadline", type=float, default=1.0, help="etcd: EtcdOptions.session_timeout")
     parser.add_argument("--linger", type=float, default=0.0, help="lock mode: seconds held after the write")
+    parser.add_argument("--hold-while", help="hold the lock, before writing, as long as this file exists")
     args = parser.parse_args()
     with open(args.log, "a", buffering=1) as log:  # line-buffered: the fault injector reads it live
         asyncio.run(_work(args, log))
@@ -167,6 +181,10 @@ class Run:
     ttl: float = 1.0
     mode: str = "obtain"
     linger: float = 0.0
+    #: Per worker: its own URL (the n-th worker takes ``urls[n]``; ``url`` if there is none).
+    urls: list[str] = field(default_factory=list)
+    #: Per worker: extra command-line arguments, such as ``["--hold-while", path]``.
+    worker_args: dict[int, list[str]] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -182,7 +200,7 @@ class Run:
                 sys.executable,
                 "-m",
                 "tests.fencing",
-                self.url,
+                self.urls[n] if n < len(self.urls) else self.url,
                 "--store",
                 str(self.dir / "store.json"),
                 "--log",
@@ -199,6 +217,7 @@ class Run:
                 str(n),
                 "--linger",
                 str(self.linger),
+                *self.worker_args.get(n, []),
             ]
             self.procs.append(subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent))
 
@@ -251,14 +270,32 @@ def check(run: Run) -> dict[str, int]:
 
     - tokens are unique, and strictly increase in the order they were granted (as the workers saw it:
       the fault injector pauses a holder only after it logged its grant);
+    - no stale write was accepted: none after a higher token reached the store;
     - accepted sections (read to write, as the store saw them) never overlap, and their tokens increase;
     - nothing is lost: the store's counter equals the number of accepted writes;
     - every error a worker saw is one of the library's typed errors (the worker only catches those).
+
+    ``overlaps`` counts sections granted while an earlier one was still in progress (from its grant to
+    the end of its work, before its release): two workers that both believed they held the lock. Only a
+    fault can cause one, and fencing must then refuse the stale holder.
     """
     sections = [r for r in run.records() if r["event"] == "section" and "token" in r]
-    tokens = [s["token"] for s in sorted(sections, key=lambda s: s["obtained_at"])]
+    by_grant = sorted(sections, key=lambda s: s["obtained_at"])
+    tokens = [s["token"] for s in by_grant]
     assert len(set(tokens)) == len(tokens), f"a token was granted twice: {tokens}"
     assert tokens == sorted(tokens), f"tokens do not increase in grant order: {tokens}"
+    overlaps, busy_until = 0, 0
+    for section in by_grant:
+        if section["obtained_at"] < busy_until:
+            overlaps += 1
+        busy_until = max(busy_until, section.get("done_at", section["obtained_at"]))
+    stale_accepted = sum(
+        1
+        for s in sections
+        if s.get("accepted")
+        and any(o["token"] > s["token"] and o["read_at"] < s["write_at"] for o in sections if "read_at" in o)
+    )
+    assert stale_accepted == 0, f"{stale_accepted} stale writes were accepted"
     accepted = sorted((s for s in sections if s.get("accepted")), key=lambda s: s["read_at"])
     for before, after in itertools.pairwise(accepted):
         assert before["write_at"] < after["read_at"], f"accepted sections overlap: {before} and {after}"
@@ -267,7 +304,9 @@ def check(run: Run) -> dict[str, int]:
     return {
         "sections": len(sections),
         "accepted": len(accepted),
+        "overlaps": overlaps,
         "rejected": sum(1 for s in sections if s.get("accepted") is False),
+        "stale_accepted": stale_accepted,
         "not_held": sum(1 for s in sections if s.get("release") == "not-held" or s.get("error") == "LockNotHeldError"),
         "lost": sum(1 for s in sections if s.get("error") == "LockLostError"),
         "errors": sum(1 for r in run.records() if r["event"] == "section" and "error" in r),

@@ -376,10 +376,10 @@ class EtcdServer(_Process):
 
 
 class EtcdCluster:
-    """Three etcd members on loopback forming one cluster."""
+    """Three etcd members on loopback forming one cluster (or the ``members`` given, not started yet)."""
 
-    def __init__(self, size: int = 3) -> None:
-        self.members = [EtcdServer(f"m{n}") for n in range(1, size + 1)]
+    def __init__(self, size: int = 3, *, members: list[EtcdServer] | None = None) -> None:
+        self.members = members if members is not None else [EtcdServer(f"m{n}") for n in range(1, size + 1)]
         initial = ",".join(f"{m.member}={m.peer_url}" for m in self.members)
         for member in self.members:
             member.initial_cluster = initial
