@@ -33,6 +33,10 @@ logger = logging.getLogger("distlock_async")
 #: gRPC keep-alive: a dead or hung member is noticed within about 7 s even on an idle stream. Without
 #: ``ping_timeout_ms`` grpcio waits 60 s for a ping's answer; below 5 s etcd answers ``too_many_pings``.
 CHANNEL_OPTIONS: dict[str, Any] = {
+    # Every call picks the next connected member, as Go's client does: a member that is up but has no
+    # leader (cut off in a minority) answers "no leader", and the retry goes to another member. With
+    # pick_first the channel stuck to that member until the connection broke.
+    "grpc.lb_policy_name": "round_robin",
     "grpc.keepalive_time_ms": 5000,
     "grpc.keepalive_timeout_ms": 2000,
     "grpc.http2.ping_timeout_ms": 2000,
