@@ -34,6 +34,7 @@ Any other fence (``py``, ``pycon``, none at all) fails ``test_every_block_is_run
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import re
 import shlex
@@ -186,7 +187,10 @@ def _on_test_servers(code: str, request: pytest.FixtureRequest) -> str:
 @pytest.mark.parametrize("block", PROGRAMS, ids=_ids(PROGRAMS))
 def test_program_runs(block: Block, request: pytest.FixtureRequest) -> None:
     code = _on_test_servers(block.body, request)
-    exec(compile(code, block.where, "exec"), {"__name__": "__main__"})
+    try:
+        exec(compile(code, block.where, "exec"), {"__name__": "__main__"})
+    finally:
+        gc.collect()  # a connection the program left open warns here, in its own test
 
 
 # --- pytest modules --------------------------------------------------------------------------------------
