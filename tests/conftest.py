@@ -51,7 +51,10 @@ _DUMP_AFTER = 60.0
 def _dump_tasks() -> None:
     print(f"\n--- still running after {_DUMP_AFTER:.0f} s; the tasks:", file=sys.stderr)
     for task in asyncio.all_tasks():
-        task.print_stack(file=sys.stderr)
+        try:
+            task.print_stack(file=sys.stderr)
+        except TypeError as exc:  # a frame of compiled code (grpc's Cython) has no line number
+            print(f"{task!r}: no stack ({exc})", file=sys.stderr)
 
 
 @pytest.fixture
