@@ -11,17 +11,25 @@ import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aetcd
 import pytest
+import redis
 import redis.asyncio
 from redis.asyncio.sentinel import Sentinel
 
 import distlock_async
 from distlock_async import EtcdOptions, MemoryLocker, MemoryStore, RedisLocker
-from distlock_async.testing.servers import EtcdServer, RedisClusterServers, RedisSentinelServers, RedisServer
+from distlock_async.testing.servers import (
+    EtcdCluster,
+    EtcdServer,
+    RedisClusterServers,
+    RedisSentinelServers,
+    RedisServer,
+)
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker
 from .helpers import Backend
@@ -98,11 +106,24 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[RedisSentinelServers]:
     servers = RedisSentinelServers()
+    # Sync the replica at once, not after Redis 7's 5 s diskless-sync delay, and hand the deployment out
+    # only once the replica is online: a locker with ``replicas=1`` (a docs example) needs it.
+    servers.master.extra += ["--repl-diskless-sync-delay", "0"]
     try:
         servers.start()
+        _wait_for_replica(servers.master.port)
         yield servers
     finally:
         servers.cleanup()
+
+
+def _wait_for_replica(master_port: int) -> None:
+    with redis.Redis(host="127.0.0.1", port=master_port, socket_timeout=5) as master:
+        deadline = time.monotonic() + 30
+        while master.info("replication").get("slave0", {}).get("state") != "online":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica did not come online: {master.info('replication')}")
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +134,16 @@ def etcd_server() -> Iterator[EtcdServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
 
 
 # --- the backends of the contract suite ---------------------------------------------------------------

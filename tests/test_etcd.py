@@ -44,16 +44,6 @@ LIMIT = 20.0
 NS = "distlock/"
 
 
-@pytest.fixture(scope="session")
-def etcd_cluster() -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.cleanup()
-
-
 @pytest.fixture
 async def admin(etcd_server: EtcdServer) -> AsyncIterator[aetcd.Client]:
     client = aetcd.Client(host="127.0.0.1", port=etcd_server.port, timeout=5)

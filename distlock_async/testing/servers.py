@@ -220,7 +220,7 @@ class EtcdServer(_Process):
 
     Alone by default; ``EtcdCluster`` makes members that know each other. With ``tls`` it serves
     clients over TLS only, with certificates made by ``trustme`` at start (the authority in
-    ``ca_file``; the server's valid for ``127.0.0.1`` and ``localhost``), and metrics and ``/health``
+    ``ca_file``; the server's valid for ``server_names``), and metrics and ``/health``
     over plain HTTP on ``metrics_port``. ``client_cert_auth`` also requires client certificates
     signed by that authority (``client_cert_file``, ``client_key_file``). ``extra`` flags end the
     command line. :meth:`enable_auth` and :meth:`add_user` turn on users and passwords.
@@ -235,6 +235,7 @@ class EtcdServer(_Process):
         fast: bool = True,
         tls: bool = False,
         client_cert_auth: bool = False,
+        server_names: Sequence[str] = ("127.0.0.1", "localhost"),
         extra: Sequence[str] = (),
     ) -> None:
         super().__init__()
@@ -260,7 +261,7 @@ class EtcdServer(_Process):
 
             ca = trustme.CA()
             ca.cert_pem.write_to_path(str(self.ca_file))
-            server = ca.issue_cert("127.0.0.1", "localhost")
+            server = ca.issue_cert(*server_names)
             server.cert_chain_pems[0].write_to_path(str(self.dir / "server.pem"))
             server.private_key_pem.write_to_path(str(self.dir / "server-key.pem"))
             client = ca.issue_cert("distlock-test-client")
