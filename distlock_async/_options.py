@@ -48,7 +48,10 @@ class Options:
         if self.refresh_interval is None:
             return ttl / 3
         if self.refresh_interval >= ttl:
-            raise ValueError(f"ttl must be > refresh_interval ({self.refresh_interval!r}), got {ttl!r}")
+            raise ValueError(
+                f"ttl must be > refresh_interval ({self.refresh_interval!r}), got a lock that lives {ttl!r} s "
+                "(its ttl, or EtcdOptions.session_ttl on etcd)"
+            )
         return self.refresh_interval
 
 

@@ -49,6 +49,9 @@ class ScriptedDriver:
     def __init__(self, contender: ScriptedContender) -> None:
         self.c = contender
 
+    def lifetime(self, ttl: float) -> float:
+        return ttl
+
     def contender(self, key: str, token: str, ttl: float) -> ScriptedContender:
         return self.c
 

@@ -530,6 +530,25 @@ async def test_a_ttl_below_the_servers_minimum_is_a_clear_error_not_a_longer_loc
         await pinned.aclose()
 
 
+async def test_refreshes_keep_up_with_a_session_ttl_shorter_than_the_ttl(etcd_server: EtcdServer) -> None:
+    """With ``session_ttl=1`` the lease lives 1 s whatever the lock's ``ttl`` (30 s here): ``lock()``
+    refreshes every third of that, not every 10 s, so the lock outlives its lease many times over."""
+    options = EtcdOptions(session_ttl=1)
+    async with (
+        await EtcdLocker.connect([etcd_server.endpoint], Options(ttl=30), options) as locker,
+        await EtcdLocker.connect([etcd_server.endpoint]) as other,
+        locker.lock("short-lease") as lock,
+    ):
+        await asyncio.sleep(2.5)  # time passing is the point: 2.5 lease lifetimes
+        assert await lock.ttl() > 0
+        with pytest.raises(NotObtainedError):
+            await other.obtain("short-lease", max_retries=0)
+    # An explicit refresh_interval that the lease would not survive is refused before anything is sent.
+    async with await EtcdLocker.connect([etcd_server.endpoint], Options(ttl=30, refresh_interval=5), options) as slow:
+        with pytest.raises(ValueError, match="session_ttl"):
+            await slow.obtain("short-lease")
+
+
 async def test_a_hung_member_gives_backend_error_within_the_deadline(default_etcd: EtcdServer) -> None:
     server = default_etcd
     locker = await EtcdLocker.connect([server.endpoint], etcd_options=EtcdOptions(session_timeout=1))

@@ -561,6 +561,9 @@ class _EtcdDriver:
 
     # --- Driver ------------------------------------------------------------------------------------
 
+    def lifetime(self, ttl: float) -> float:
+        return float(self.lease_ttl(ttl))  # session_ttl if set, else ttl rounded up to whole seconds
+
     def contender(self, key: str, token: str, ttl: float) -> _EtcdContender:
         return _EtcdContender(self, key, token, ttl)
 

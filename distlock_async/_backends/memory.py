@@ -111,6 +111,9 @@ class _MemoryDriver:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
 
+    def lifetime(self, ttl: float) -> float:
+        return ttl
+
     def contender(self, key: str, token: str, ttl: float) -> _MemoryContender:
         return _MemoryContender(self.store, key, token, ttl)
 

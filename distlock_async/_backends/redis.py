@@ -262,6 +262,9 @@ class _RedisDriver:
                 "the lock was released, since a failover could lose it"
             )
 
+    def lifetime(self, ttl: float) -> float:
+        return ttl
+
     def contender(self, key: str, token: str, ttl: float) -> _RedisContender:
         return _RedisContender(self, key, token, ttl)
 

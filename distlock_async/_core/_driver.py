@@ -75,6 +75,11 @@ class Driver(Protocol):
     #: Upper bound, in seconds, on one shielded cleanup (a release or an undo) once cancelled.
     cleanup_timeout: float
 
+    def lifetime(self, ttl: float) -> float:
+        """Seconds the server keeps a lock obtained with ``ttl`` after each refresh; ``ValueError`` if it
+        cannot keep it as asked. Refreshes are spaced by this, not by ``ttl``."""
+        ...
+
     def contender(self, key: str, token: str, ttl: float) -> Contender: ...
 
     async def release(self, key: str, token: str, handle: object) -> bool:

@@ -44,13 +44,14 @@ def _reraise_swallowed_cancel() -> None:
 class _Settings:
     __slots__ = ("interval", "max_retries", "retry_delay", "ttl")
 
-    def __init__(self, options: Options, ttl: object, max_retries: object, retry_delay: object) -> None:
+    def __init__(self, options: Options, driver: Driver, ttl: object, max_retries: object, retry_delay: object) -> None:
         self.ttl = options.ttl if ttl is None else check_seconds("ttl", ttl)
         self.max_retries = options.max_retries if max_retries is None else check_count("max_retries", max_retries)
         self.retry_delay = (
             options.retry_delay if retry_delay is None else check_seconds("retry_delay", retry_delay, allow_zero=True)
         )
-        self.interval = options.interval_for(self.ttl)
+        # Refreshes keep up with how long the server really keeps the lock (an etcd lease may differ).
+        self.interval = options.interval_for(driver.lifetime(self.ttl))
 
 
 class LockerBase:
@@ -92,7 +93,7 @@ class LockerBase:
         retry_delay: float | None = None,
     ) -> HeldLock:
         check_key(key)
-        settings = _Settings(self._options, ttl, max_retries, retry_delay)
+        settings = _Settings(self._options, self._driver, ttl, max_retries, retry_delay)
         self._check_usable()
         return await self._obtain(key, settings)
 
@@ -105,7 +106,7 @@ class LockerBase:
         retry_delay: float | None = None,
     ) -> LockContext:
         check_key(key)
-        return LockContext(self, key, _Settings(self._options, ttl, max_retries, retry_delay))
+        return LockContext(self, key, _Settings(self._options, self._driver, ttl, max_retries, retry_delay))
 
     async def _inspect(self, key: str) -> KeyState:
         """What the backend knows about ``key``, held by anyone or free (``distlock status``).
