@@ -15,11 +15,12 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.crc import key_slot
 
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
-from distlock_async.testing.servers import RedisServer, TLSRedisServer, _Sentinel
+from distlock_async.testing.servers import RedisClusterServers, RedisServer, TLSRedisServer, _Sentinel
 
 from .helpers import OPERATIONS, lock_operation, log_event
 from .proxy import FaultProxy
@@ -521,6 +522,64 @@ async def test_a_password_never_shows_in_errors_reprs_or_logs(
     assert "***" in str(bad.value)  # the URL is shown, redacted
     leaks = [text for text in shown if secret in text]
     assert not leaks, leaks
+
+
+async def _move_slot(cluster: RedisClusterServers, slot: int, target_port: int) -> tuple[int, int]:
+    """Migrate ``slot`` with its keys to the node on ``target_port``, as ``redis-cli --cluster reshard``
+    does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE on every node); the source node's port and the
+    number of keys moved."""
+    admins = {port: client_for(port) for port in cluster.ports}
+    try:
+        ids = {port: await admin.execute_command("CLUSTER", "MYID") for port, admin in admins.items()}  # type: ignore[no-untyped-call]
+        owners = [
+            port
+            for port, admin in admins.items()
+            if await admin.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0  # type: ignore[no-untyped-call]
+        ]
+        (source,) = owners
+        await admins[target_port].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])  # type: ignore[no-untyped-call]
+        await admins[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target_port])  # type: ignore[no-untyped-call]
+        keys = await admins[source].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)  # type: ignore[no-untyped-call]
+        await admins[source].execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)  # type: ignore[no-untyped-call]
+        for admin in admins.values():
+            await admin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target_port])  # type: ignore[no-untyped-call]
+        return source, len(keys)
+    finally:
+        for admin in admins.values():
+            await admin.aclose()
+
+
+async def test_a_held_lock_follows_its_slot_to_another_cluster_node() -> None:
+    """Resharding moves a held lock's slot to another node: the next refresh gets MOVED, the locker
+    reloads the slot map and goes on at the new node; the lock keeps its key, token, TTL and fencing
+    counter, so it still excludes others and the next holder's token is higher."""
+    cluster = RedisClusterServers()
+    cluster.start()
+    client = RedisCluster(host="127.0.0.1", port=cluster.ports[0], socket_timeout=5)
+    try:
+        async with RedisLocker(client) as locker, RedisLocker(client) as other:
+            lock = await locker.obtain("moving", ttl=30)
+            name = "distlock:{moving}"
+            owner = client.get_node_from_key(name)
+            assert owner is not None
+            target = next(port for port in cluster.ports if port != owner.port)
+            assert await _move_slot(cluster, key_slot(name.encode()), target) == (owner.port, 2)  # lock, counter
+            with log_event("moved") as redirected:
+                await lock.refresh()
+            assert redirected.is_set(), "the refresh was not redirected"
+            moved_to = client.get_node_from_key(name)
+            assert moved_to is not None
+            assert moved_to.port == target
+            assert 29 < await lock.ttl() <= 30
+            with pytest.raises(NotObtainedError):
+                await other.obtain("moving", max_retries=0)
+            await lock.release()
+            nxt = await other.obtain("moving", max_retries=0)
+            assert nxt.fencing_token > lock.fencing_token
+            await nxt.release()
+    finally:
+        await client.aclose()
+        cluster.cleanup()
 
 
 # --- replicas ----------------------------------------------------------------------------------------
