@@ -524,10 +524,12 @@ async def test_a_password_never_shows_in_errors_reprs_or_logs(
     assert not leaks, leaks
 
 
-async def _move_slot(cluster: RedisClusterServers, slot: int, target_port: int) -> tuple[int, int]:
+async def _move_slot(
+    cluster: RedisClusterServers, slot: int, target_port: int, *, finish: bool = True
+) -> tuple[int, int]:
     """Migrate ``slot`` with its keys to the node on ``target_port``, as ``redis-cli --cluster reshard``
-    does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE on every node); the source node's port and the
-    number of keys moved."""
+    does (IMPORTING/MIGRATING, MIGRATE, then SETSLOT NODE on every node unless not ``finish``ed); the
+    source node's port and the number of keys moved."""
     admins = {port: client_for(port) for port in cluster.ports}
     try:
         ids = {port: await admin.execute_command("CLUSTER", "MYID") for port, admin in admins.items()}  # type: ignore[no-untyped-call]
@@ -541,18 +543,31 @@ async def _move_slot(cluster: RedisClusterServers, slot: int, target_port: int) 
         await admins[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target_port])  # type: ignore[no-untyped-call]
         keys = await admins[source].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)  # type: ignore[no-untyped-call]
         await admins[source].execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)  # type: ignore[no-untyped-call]
-        for admin in admins.values():
-            await admin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target_port])  # type: ignore[no-untyped-call]
+        if finish:
+            await _assign_slot(cluster, slot, target_port)
         return source, len(keys)
     finally:
         for admin in admins.values():
             await admin.aclose()
 
 
+async def _assign_slot(cluster: RedisClusterServers, slot: int, port: int) -> None:
+    """End a slot's migration: every node learns that the node on ``port`` owns it."""
+    admins = [client_for(p) for p in cluster.ports]
+    try:
+        owner = await admins[cluster.ports.index(port)].execute_command("CLUSTER", "MYID")  # type: ignore[no-untyped-call]
+        for admin in admins:
+            await admin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner)  # type: ignore[no-untyped-call]
+    finally:
+        for admin in admins:
+            await admin.aclose()
+
+
 async def test_a_held_lock_follows_its_slot_to_another_cluster_node() -> None:
-    """Resharding moves a held lock's slot to another node: the next refresh gets MOVED, the locker
-    reloads the slot map and goes on at the new node; the lock keeps its key, token, TTL and fencing
-    counter, so it still excludes others and the next holder's token is higher."""
+    """Resharding moves a held lock's slot to another node. Half way (keys moved, slot not yet
+    reassigned) the old node answers ASK and the locker sends the call after ASKING to the new one; once
+    the slot is reassigned, MOVED makes it reload the slot map. The lock keeps its key, token, TTL and
+    fencing counter throughout, so it still excludes others and the next holder's token is higher."""
     cluster = RedisClusterServers()
     cluster.start()
     client = RedisCluster(host="127.0.0.1", port=cluster.ports[0], socket_timeout=5)
@@ -563,7 +578,17 @@ async def test_a_held_lock_follows_its_slot_to_another_cluster_node() -> None:
             owner = client.get_node_from_key(name)
             assert owner is not None
             target = next(port for port in cluster.ports if port != owner.port)
-            assert await _move_slot(cluster, key_slot(name.encode()), target) == (owner.port, 2)  # lock, counter
+            slot = key_slot(name.encode())
+            # Half way: the keys are on the new node, the slot still belongs to the old one, which answers
+            # ASK; the locker asks the new node, as the protocol wants.
+            assert await _move_slot(cluster, slot, target, finish=False) == (owner.port, 2)  # lock, counter
+            with log_event("asked to") as asked:
+                await lock.refresh()
+            assert asked.is_set(), "the refresh was not sent to the importing node"
+            assert 29 < await lock.ttl() <= 30
+            with pytest.raises(NotObtainedError):
+                await other.obtain("moving", max_retries=0)
+            await _assign_slot(cluster, slot, target)
             with log_event("moved") as redirected:
                 await lock.refresh()
             assert redirected.is_set(), "the refresh was not redirected"

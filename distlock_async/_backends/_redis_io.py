@@ -56,10 +56,11 @@ class Mux:
         self._connecting: asyncio.Task[Any] | None = None
         self._closed = False
 
-    async def call(self, *args: Any, undo: tuple[Any, ...] | None = None) -> Any:
+    async def call(self, *args: Any, undo: tuple[Any, ...] | None = None, asking: bool = False) -> Any:
         """Send one command and return its reply; ``BackendError`` if the server fails or times out.
 
-        An error reply is raised as redis-py's ``ResponseError``.
+        An error reply is raised as redis-py's ``ResponseError``. With ``asking`` the command goes right
+        behind an ``ASKING`` (a Cluster node importing the slot runs only the command that follows it).
 
         ``undo`` is written right behind the command if the deadline passes, before the connection is
         dropped: should a paused server apply the command when it resumes, it applies the undo next.
@@ -69,7 +70,7 @@ class Mux:
         timer = loop.call_later(self._deadline, self._expire, fut, undo)
         try:
             try:
-                await self._send(fut, args)
+                await self._send(fut, args, asking)
             except (asyncio.TimeoutError, TimeoutError) as exc:  # the handshake's (before OSError: 3.10)
                 raise NotSent(f"redis at {self._name}: no connection within {self._deadline:g} s") from exc
             # Awaiting the future directly: if the caller is cancelled the future is cancelled too, and
@@ -85,7 +86,7 @@ class Mux:
             if fut.done() and not fut.cancelled():
                 fut.exception()  # failed by _fail_all while the error reached us another way
 
-    async def _send(self, fut: asyncio.Future[Any], args: tuple[Any, ...]) -> None:
+    async def _send(self, fut: asyncio.Future[Any], args: tuple[Any, ...], asking: bool = False) -> None:
         async with self._write_lock:
             if self._closed:
                 raise RuntimeError("the locker is closed")
@@ -96,9 +97,16 @@ class Mux:
                 await _disconnect(conn)
             if self._connecting is not None or conn is None or not conn.is_connected:
                 conn = await self._connect()
+            commands = [args]
+            if asking:
+                # Nothing can come between the two: they are written at once, under the write lock.
+                asked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                asked.add_done_callback(_retrieve)  # its "OK" (or error) interests nobody
+                self._pending.append(asked)
+                commands.insert(0, ("ASKING",))
             self._pending.append(fut)
             try:
-                await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
             except BaseException as exc:
                 # redis-py closed the connection: whatever was in flight on it is lost.
                 self._fail_all(exc if isinstance(exc, Exception) else ConnectionError("write interrupted"))
@@ -216,7 +224,7 @@ async def _cancel_and_wait(task: asyncio.Task[None] | None) -> None:
             task.result()
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
+def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 

@@ -268,9 +268,12 @@ class _RedisDriver:
     def contender(self, key: str, token: str, ttl: float) -> _RedisContender:
         return _RedisContender(self, key, token, ttl)
 
-    def _mux(self, lock_key: str) -> Mux:
+    def _mux(self, lock_key: str, node_addr: tuple[str, int] | None = None) -> Mux:
+        """The connection to the server of ``lock_key``, or to the Cluster node at ``node_addr``."""
         if self.cluster:
-            node = self.client.get_node_from_key(lock_key)
+            node = self.client.get_node_from_key(lock_key) if node_addr is None else self.client.get_node(*node_addr)
+            if node is None:
+                raise redis.exceptions.ConnectionError(f"no known cluster node at {node_addr}")
             cls, kwargs = _settings(node)
             name = node.name
         else:
@@ -297,17 +300,19 @@ class _RedisDriver:
             except CLIENT_ERRORS as exc:
                 raise BackendError(f"redis cluster: {exc}") from exc
         undo = ("EVAL", _RELEASE.body, 1, lock_key, args[0], HANDOFF_MS) if undoable else None
+        asked: tuple[str, int] | None = None
         for _ in range(3):
             try:
-                mux = self._mux(lock_key)
+                mux = self._mux(lock_key, asked)
             except CLIENT_ERRORS as exc:  # no node serves the slot (a Cluster without quorum, say)
                 raise BackendError(f"redis cluster: {exc}") from exc
+            asking, asked = asked is not None, None
             try:
                 try:
-                    return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo)
+                    return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo, asking=asking)
                 except redis.exceptions.NoScriptError:
                     # Not applied; EVAL runs the script and caches it for the next EVALSHA.
-                    return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo)
+                    return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo, asking=asking)
             except redis.exceptions.MovedError as exc:
                 # Not applied either: the slot lives elsewhere now (Cluster resharding or failover).
                 logger.debug("%s moved (%s); reloading the cluster's slots", lock_key, exc)
@@ -315,6 +320,11 @@ class _RedisDriver:
                     await self.client.nodes_manager.initialize()
                 except CLIENT_ERRORS as init_exc:
                     raise BackendError(f"redis cluster: {init_exc}") from init_exc
+            except redis.exceptions.AskError as exc:
+                # Not applied: the slot is being migrated and its keys are on the importing node already;
+                # that node runs the call once, right after ASKING.
+                logger.debug("%s asked to %s:%s (slot being migrated)", lock_key, *exc.node_addr)
+                asked = exc.node_addr
             except redis.exceptions.ResponseError as exc:
                 raise BackendError(f"redis answered an error: {exc}") from exc
         raise BackendError(f"redis cluster kept redirecting {lock_key!r}")
