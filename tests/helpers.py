@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from distlock_async import Locker, Options
 
@@ -76,3 +80,24 @@ async def lock_operation(locker: Locker, key: str, what: str) -> None:
             await lock.refresh()
         if what == "release":
             await lock.release()
+
+
+def run_user_suite(directory: Path, name: str, source: str) -> str:
+    """Run ``source`` as the test module ``name`` of a user's pytest-asyncio suite (strict mode, the
+    plugin found through its entry point, warnings as errors) in a subprocess; its output, once every
+    test in it passed."""
+    (directory / name).write_text(source)
+    (directory / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(directory)],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tests = len(re.findall(r"^async def test_|^def test_", source, re.MULTILINE))
+    assert f"{tests} passed" in result.stdout, result.stdout
+    return result.stdout

@@ -41,8 +41,6 @@ import gc
 import io
 import re
 import shlex
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +51,8 @@ import pytest
 import distlock_async
 from distlock_async._cli import _parser
 from distlock_async.testing.servers import EtcdServer, TLSRedisServer
+
+from .helpers import run_user_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -238,20 +238,7 @@ def test_program_runs(block: Block, request: pytest.FixtureRequest, monkeypatch:
 
 @pytest.mark.parametrize("block", PYTEST_MODULES, ids=_ids(PYTEST_MODULES))
 def test_pytest_module_passes(block: Block, tmp_path: Path) -> None:
-    (tmp_path / block.title).write_text(block.body)
-    (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(tmp_path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    tests = len(re.findall(r"^async def test_|^def test_", block.body, re.M))
-    assert f"{tests} passed" in result.stdout, result.stdout
+    run_user_suite(tmp_path, block.title, block.body)
 
 
 # --- included files --------------------------------------------------------------------------------------

@@ -81,32 +81,27 @@ def partitionable() -> Iterator[netns.PartitionableCluster]:
 
 # --- the cluster's state, as its members report it --------------------------------------------------------
 
-_HAS_LEADER = re.compile(rb"^etcd_server_has_leader (\S+)$", re.MULTILINE)
-_IS_LEADER = re.compile(rb"^etcd_server_is_leader (\S+)$", re.MULTILINE)
 
-
-def _is_leader(member: EtcdServer) -> bool:
+def _gauge(member: EtcdServer, name: str) -> float | None:
+    """A gauge of ``member``'s metrics, read where the member listens (its own address in a namespace)."""
     host, port = member.endpoint.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
     try:
         conn.request("GET", "/metrics")
-        match = _IS_LEADER.search(conn.getresponse().read())
+        match = re.search(rb"^" + name.encode() + rb" (\S+)$", conn.getresponse().read(), re.MULTILINE)
     finally:
         conn.close()
-    return match is not None and float(match.group(1)) == 1.0
+    return None if match is None else float(match.group(1))
+
+
+def _is_leader(member: EtcdServer) -> bool:
+    return _gauge(member, "etcd_server_is_leader") == 1.0
 
 
 def _has_leader(member: EtcdServer) -> bool:
     """Whether ``member`` believes it has a leader (a member cut off notices only after an election
     timeout without heartbeats; until then its writes wait for a quorum that never answers)."""
-    host, port = member.endpoint.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        match = _HAS_LEADER.search(conn.getresponse().read())
-    finally:
-        conn.close()
-    return match is not None and float(match.group(1)) == 1.0
+    return _gauge(member, "etcd_server_has_leader") == 1.0
 
 
 def _await_leaderless(member: EtcdServer) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from .helpers import run_user_suite
 
 SAMPLE = """
 import pytest
@@ -42,16 +42,4 @@ async def test_each_test_gets_its_own_namespace(distlock_redis_locker):
 
 
 def test_a_pytest_asyncio_suite_uses_the_fixtures(tmp_path: Path) -> None:
-    (tmp_path / "test_sample.py").write_text(SAMPLE)
-    (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(tmp_path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout, result.stdout
+    run_user_suite(tmp_path, "test_sample.py", SAMPLE)
