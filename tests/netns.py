@@ -12,7 +12,6 @@ links, and the root ends with them. Needs root and iproute2's ``ip``.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import ipaddress
 import os
 import random
@@ -122,34 +121,19 @@ class Member(EtcdServer):
 
     def __init__(self, member: str, peer_ip: str, client_ip: str, netns: str | None = None) -> None:
         self.peer_ip = peer_ip  # before EtcdServer's __init__, which reads peer_url
-        self.client_ip = client_ip
+        self.host = client_ip
         self.netns = netns
         super().__init__(member)
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.client_ip}:{self.port}"
 
     @property
     def peer_url(self) -> str:
         return f"http://{self.peer_ip}:{self.peer_port}"
 
     def command(self) -> list[str]:
-        command = [arg.replace(f"127.0.0.1:{self.port}", self.endpoint) for arg in super().command()]
         if self.netns is None:
-            return command
+            return super().command()
         assert IP is not None
-        return [IP, "netns", "exec", self.netns, *command]
-
-    def ready(self) -> bool:
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection(self.client_ip, self.port, timeout=0.5)
-            try:
-                conn.request("GET", "/health")
-                return b'"health":"true"' in conn.getresponse().read()
-            finally:
-                conn.close()
-        return False
+        return [IP, "netns", "exec", self.netns, *super().command()]
 
 
 class PartitionableCluster(EtcdCluster):

@@ -227,6 +227,8 @@ class EtcdServer(_Process):
     """
 
     name = "etcd"
+    #: The address clients (and ``/metrics``, ``/health``) reach the member at.
+    host = "127.0.0.1"
 
     def __init__(
         self,
@@ -281,14 +283,14 @@ class EtcdServer(_Process):
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
 
     def command(self) -> list[str]:
-        client = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        client = f"{'https' if self.tls else 'http'}://{self.endpoint}"
         tls: list[str] = []
         if self.tls:
             tls = [
@@ -297,7 +299,7 @@ class EtcdServer(_Process):
                 "--key-file",
                 str(self.dir / "server-key.pem"),
                 "--listen-metrics-urls",
-                f"http://127.0.0.1:{self.metrics_port}",
+                f"http://{self.host}:{self.metrics_port}",
             ]
         if self.client_cert_auth:
             tls += ["--client-cert-auth", "--trusted-ca-file", str(self.ca_file)]
@@ -328,7 +330,7 @@ class EtcdServer(_Process):
 
     def ready(self) -> bool:
         with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=0.5)
+            conn = http.client.HTTPConnection(self.host, self.metrics_port, timeout=0.5)
             try:
                 conn.request("GET", "/health")
                 return b'"health":"true"' in conn.getresponse().read()
