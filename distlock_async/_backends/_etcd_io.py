@@ -81,13 +81,16 @@ async def resolve_target(endpoints: list[tuple[str, int]]) -> tuple[str, int]:
             ip = ipaddress.ip_address(host)
         except ValueError:
             infos: list[Any] = []
+            failure: OSError = socket.gaierror(f"no IPv4 or IPv6 address for {host!r}")
             for family in (socket.AF_INET, socket.AF_INET6):
-                with contextlib.suppress(OSError):
+                try:
                     infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+                except OSError as exc:
+                    failure = exc
                 if infos:
                     break
             if not infos:
-                raise BackendError(f"etcd endpoint {host}:{port}: cannot resolve {host!r}") from None
+                raise BackendError(f"etcd endpoint {host}:{port}: cannot resolve {host!r}") from failure
             ip = ipaddress.ip_address(infos[0][4][0])
         addresses.append((ip.version, str(ip), port))
     versions = {version for version, _, _ in addresses}
@@ -194,8 +197,32 @@ async def load_credentials(options: EtcdOptions) -> grpc.ChannelCredentials | No
     return await asyncio.to_thread(_load_credentials, options)
 
 
-async def dial(client: aetcd.Client, timeout: float) -> None:
-    """Connect ``client`` within ``timeout`` s; fail at once when every endpoint refused."""
+async def unary(call: Any) -> Any:
+    """The answer of the gRPC unary ``call``; a cancellation of the caller reaches the caller as it was sent.
+
+    Awaited directly, a grpc.aio call that is cancelled raises a ``CancelledError`` of its own making
+    (no message, no context) instead of the one the canceller sent. anyio's cancel scopes recognise
+    their cancellation by its message, so they would let grpc's escape and kill the task. Waiting on a
+    future of ours keeps the canceller's exception; the call is then cancelled here.
+    """
+    if not call.done():
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake(_: object) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        call.add_done_callback(wake)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+    return await call
+
+
+async def dial(client: aetcd.Client, timeout: float, endpoints: Sequence[tuple[str, int]]) -> None:
+    """Connect ``client`` (to ``endpoints``) within ``timeout`` s; fail at once when every endpoint refused."""
     try:
         await client.connect()
     except CLIENT_ERRORS as exc:
@@ -211,15 +238,19 @@ async def dial(client: aetcd.Client, timeout: float) -> None:
         if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
             # The state says nothing of why (refused, TLS handshake, ...): a call fails with gRPC's reason.
             try:
-                await client.maintenancestub.Status(rpc.StatusRequest(), timeout=max(left, 0.001))
+                await unary(client.maintenancestub.Status(rpc.StatusRequest(), timeout=max(left, 0.001)))
             except CLIENT_ERRORS as exc:
                 why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
                 raise BackendError(f"etcd: cannot connect: no endpoint accepted the connection: {why}") from exc
             continue  # it connected meanwhile
         if state is grpc.ChannelConnectivity.SHUTDOWN:
-            raise BackendError("etcd: cannot connect: the client is closed")
+            raise BackendError("etcd: cannot connect: the client is closed") from ConnectionError(
+                "the gRPC channel was shut down"
+            )
         if left <= 0:
-            raise BackendError(f"etcd: cannot connect within dial_timeout ({timeout} s)")
+            tried = ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in endpoints)
+            cause = TimeoutError(f"no connection to {tried} was ready within {timeout} s (last state: {state.name})")
+            raise BackendError(f"etcd: cannot connect within dial_timeout ({timeout} s)") from cause
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(channel.wait_for_state_change(state), left)
 
@@ -243,7 +274,9 @@ async def authenticate(client: aetcd.Client, timeout: float) -> None:
     username, password = credentials
     stub = client.auth_stub or rpc.AuthStub(client.channel)  # aetcd makes it only when it authenticates
     try:
-        reply = await stub.Authenticate(rpc.AuthenticateRequest(name=username, password=password), timeout=timeout)
+        reply = await unary(
+            stub.Authenticate(rpc.AuthenticateRequest(name=username, password=password), timeout=timeout)
+        )
     except CLIENT_ERRORS as exc:
         if (
             isinstance(exc, grpc.aio.AioRpcError)

@@ -38,6 +38,7 @@ from ._etcd_io import (
     load_credentials,
     parse_endpoints,
     resolve_target,
+    unary,
 )
 
 __all__ = ["EtcdLocker"]
@@ -68,6 +69,9 @@ def _is_member(prefix: bytes, key: bytes) -> bool:
 #: Leases of released locks a locker keeps per TTL for reuse (each saves a raft write on obtain and one
 #: on release).
 _SPARES_PER_TTL = 64
+
+#: Leases an obtain may find gone in a row (each replaced by a new grant) before it gives up.
+_LEASE_TRIES = 3
 
 
 def _new_lease_id() -> int:
@@ -104,6 +108,7 @@ class _EtcdContender:
         "_own",
         "_prefix",
         "_renewal",
+        "_reused",
         "_revision",
         "_token",
         "_watch",
@@ -118,19 +123,21 @@ class _EtcdContender:
         self._lease_id = 0
         self._grant: asyncio.Future[int] | None = None
         self._renewal: asyncio.Task[None] | None = None
+        self._reused = False
         self._own = b""
         self._revision = 0
         self._kept_alive_at = 0.0
         self._expires_at = 0.0
         self._watch: Watch | None = None
 
-    async def _new_lease(self) -> None:
+    async def _new_lease(self, *, reuse: bool = True) -> None:
         driver = self._driver
         self._drop_watch()
         await self._end_renewal()  # of a reused lease that turned out to be gone
         self._revision = 0
         loop = asyncio.get_running_loop()
-        spare = driver.take_spare(self._lease_ttl, loop.time())
+        spare = driver.take_spare(self._lease_ttl, loop.time()) if reuse else None
+        self._reused = spare is not None
         if spare is not None:
             # The lease of a lock this locker released, with at least half its TTL left: no grant (a raft
             # write) needed. A keep-alive on the open stream resets it to its full TTL, sent now and
@@ -161,9 +168,12 @@ class _EtcdContender:
     async def _renew(self, lease_id: int) -> None:
         sent = asyncio.get_running_loop().time()
         ttl = await self._driver.keep_alive(lease_id)
-        if ttl > 0 and lease_id == self._lease_id:
-            self._kept_alive_at = sent
-            self._expires_at = sent + ttl
+        if lease_id == self._lease_id:
+            if ttl <= 0:
+                self._expires_at = 0.0  # gone: whatever the txn attached to it is gone or going
+            else:
+                self._kept_alive_at = sent
+                self._expires_at = sent + ttl
 
     async def _renewed(self) -> None:
         """Wait for the keep-alive that renews a reused lease (see ``_new_lease``); its error, if any."""
@@ -172,6 +182,52 @@ class _EtcdContender:
             await asyncio.wait({renewal})  # a cancellation of ours leaves it to close(), which ends it
             self._renewal = None
             renewal.result()
+
+    async def _alive(self) -> bool:
+        """Whether our lease is alive now, after a txn that attached our key to it.
+
+        It is while the last grant or keep-alive's answer says so (counted from when that was sent, so
+        etcd's count cannot have run out before ours). Past that -- a reused lease whose keep-alive
+        answered "gone", or a txn answered only after a stall longer than the lease -- a keep-alive
+        decides: a lease that expired took our key along, whatever the txn said.
+        """
+        await self._renewed()
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._expires_at:
+            return True
+        sent = loop.time()
+        ttl = await self._driver.keep_alive(self._lease_id)
+        if ttl <= 0:
+            return False
+        self._kept_alive_at = sent
+        self._expires_at = sent + ttl
+        return True
+
+    async def _queued(self) -> Any:
+        """Our key in the queue, attached to a live lease: the txn's reply.
+
+        A lease found gone -- it expired while we waited or during a stall, an operator revoked it, a
+        kept lease ran out -- is revoked for good measure (taking our key along, if the txn attached
+        it), and a newly granted one queues our key afresh; never a kept lease again, and the other
+        kept leases are distrusted (what took one likely took them all).
+        """
+        gone: BaseException = LookupError(f"lease {self._lease_id:x} not found")
+        for _ in range(_LEASE_TRIES):
+            try:
+                reply = await self._txn()
+                if await self._alive():
+                    return reply
+                gone = LookupError(f"lease {self._lease_id:x} answered a keep-alive with TTL 0")
+            except BackendError as exc:
+                if exc.__cause__ is None or not is_lease_not_found(exc.__cause__):
+                    raise
+                gone = exc.__cause__
+            logger.debug("lock %r: the lease of our key (%x) is gone; queueing again", self._key, self._lease_id)
+            if self._reused:
+                self._driver.distrust_spares()
+            await self._driver.revoke(self._lease_id)
+            await self._new_lease(reuse=False)
+        raise BackendError(f"etcd: the leases of lock {self._key!r} expired {_LEASE_TRIES} times in a row") from gone
 
     async def _end_renewal(self) -> None:
         renewal, self._renewal = self._renewal, None
@@ -185,17 +241,7 @@ class _EtcdContender:
     async def attempt(self) -> Granted | Busy:
         if self._grant is None:
             await self._new_lease()
-        try:
-            reply = await self._txn()
-            await self._renewed()
-        except BackendError as exc:
-            if exc.__cause__ is None or not is_lease_not_found(exc.__cause__):
-                raise
-            # Our lease expired while we waited (its keep-alives failed): queue again with a new one.
-            logger.debug("lock %r: the waiter's lease expired; queueing again", self._key)
-            await self._new_lease()
-            reply = await self._txn()
-            await self._renewed()
+        reply = await self._queued()
         if reply.succeeded:
             revision = reply.header.revision
         else:
@@ -323,6 +369,8 @@ class _EtcdDriver:
         self.min_lease_ttl = 1
         #: Leases of released locks, by the TTL they were asked for, for the next obtains to reuse.
         self._spares: dict[int, list[tuple[int, float]]] = {}
+        #: Kept leases no longer reused because one of their kind was gone (see ``distrust_spares``).
+        self._doubtful: list[tuple[int, float]] = []
         self._keep_spares = True
         self.keep_alives = KeepAlives(lambda: self._client().leasestub.LeaseKeepAlive(metadata=self.metadata))
         self.watches = Watches(lambda: self._watchstub.Watch(metadata=self.metadata))
@@ -365,7 +413,7 @@ class _EtcdDriver:
             )
         if self.owned:
             try:
-                await dial(self.client, options.dial_timeout)
+                await dial(self.client, options.dial_timeout, self.endpoints or ())
                 if credentials_of(self.client) is not None:
                     await authenticate(self.client, self.deadline)
             except BaseException:
@@ -382,31 +430,48 @@ class _EtcdDriver:
         self._watchstub = rpc.WatchStub(self._client().channel)
         self._ready = True
 
-    async def call(self, what: str, stub: str, method: str, request: Any, *, retried: list[bool] | None = None) -> Any:
+    async def call(
+        self,
+        what: str,
+        stub: str,
+        method: str,
+        request: Any,
+        *,
+        retried: list[bool] | None = None,
+        repeatable: bool = True,
+    ) -> Any:
         """One unary RPC within the deadline, sent again while the member is unavailable or leaderless.
 
         Every request the locker sends is safe to repeat (the obtain txn compares before it writes, lease
         IDs are ours), and repeating it lets a locker with several endpoints fail over to another member,
         or ride out a leader election. ``retried`` gets ``True`` appended if the request was sent again.
+
+        A ``repeatable`` request (one whose answer is the same if an earlier try was applied) also gets a
+        deadline per try, a third of the whole but at least a second, and is sent again when a try runs
+        out: a write that a follower forwarded to a leader that then died is lost without an answer, and
+        would otherwise use up the whole deadline while the cluster elected a new leader in a second or two.
         """
         await self.ensure()
         client = self._client()
         function = getattr({"kv": client.kvstub, "lease": client.leasestub}[stub], method)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline
+        per_try = max(self.deadline / 3, min(self.deadline, 1.0)) if repeatable else self.deadline
         pause = _FIRST_PAUSE
         renewed = False
         while True:
             token = client.metadata
+            timeout = max(min(deadline - loop.time(), per_try), 0.001)
             try:
-                return await function(request, timeout=max(deadline - loop.time(), 0.001), metadata=self.metadata)
+                return await unary(function(request, timeout=timeout, metadata=self.metadata))
             except CLIENT_ERRORS as exc:
                 if not renewed and is_token_rejected(exc) and credentials_of(client) is not None:
                     # Refused before it was applied: safe to send again, once, with a new token.
                     renewed = True
                     await self._renew_token(client, token, deadline)
                     continue
-                if not is_transient(exc) or loop.time() + pause >= deadline:
+                again = is_transient(exc) or (repeatable and code(exc) is grpc.StatusCode.DEADLINE_EXCEEDED)
+                if not again or loop.time() + pause >= deadline:
                     raise backend_error(what, exc, self._hint(exc)) from exc
                 logger.debug("etcd %s failed (%s); trying again in %.2f s", what, exc, pause)
             await asyncio.sleep(pause)
@@ -467,7 +532,7 @@ class _EtcdDriver:
                 return ttl  # our first try was applied after all
             raise
         if reply.error:
-            raise BackendError(f"etcd lease grant failed: {reply.error}")
+            raise BackendError(f"etcd lease grant failed: {reply.error}") from RuntimeError(reply.error)
         if ttl < reply.TTL:
             # etcd raised the TTL to its minimum: refuse the lease rather than hold a lock longer than asked
             # (the obtain's close() revokes it), and refuse such TTLs from now on without asking etcd.
@@ -499,7 +564,7 @@ class _EtcdDriver:
                 return await self.keep_alives.keep_alive(lease_id, max(deadline - loop.time(), 0.001))
             except StreamFailed as exc:
                 if self.closed or loop.time() + pause >= deadline:
-                    raise BackendError(f"etcd keep-alive failed: {exc}") from exc.__cause__
+                    raise BackendError(f"etcd keep-alive failed: {exc}") from exc.__cause__ or exc
                 logger.debug("%s; trying again in %.2f s", exc, pause)
             await asyncio.sleep(pause)
             pause = min(2 * pause, _MAX_PAUSE)
@@ -587,7 +652,8 @@ class _EtcdDriver:
             success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=handle.key))],
             failure=[],
         )
-        reply = await self.call("txn", "kv", "Txn", request)
+        # Not repeatable: a second try after an applied first one would find the key gone and say "not ours".
+        reply = await self.call("txn", "kv", "Txn", request, repeatable=False)
         if reply.succeeded and self.put_spare(handle.lease_ttl, handle.lease_id, handle.expires_at):
             return True
         # Not ours any more (deleted behind our back, or a repeated release), or the pool is full.
@@ -603,6 +669,15 @@ class _EtcdDriver:
             if expires_at - now > lease_ttl / 2:
                 return lease_id, expires_at
         return None
+
+    def distrust_spares(self) -> None:
+        """A kept lease was gone: reuse none of the others, which likely went the same way (an operator
+        revoking unused leases, a stall longer than their TTL); ``aclose()`` still revokes those alive."""
+        for leases in self._spares.values():
+            self._doubtful.extend(leases)
+        self._spares.clear()
+        now = asyncio.get_running_loop().time()
+        self._doubtful = [(lease_id, expires_at) for lease_id, expires_at in self._doubtful if expires_at > now]
 
     def put_spare(self, lease_ttl: int, lease_id: int, expires_at: float) -> bool:
         """Keep a lease that holds no key any more; ``False`` if the pool is full or the locker closing.
@@ -644,7 +719,9 @@ class _EtcdDriver:
     async def aclose(self) -> None:
         self._keep_spares = False
         spares = [lease for leases in self._spares.values() for lease, _ in leases]
+        spares += [lease for lease, _ in self._doubtful]
         self._spares.clear()
+        self._doubtful.clear()
         for lease_id in spares:
             # They would expire by themselves; revoking them now leaves the server as we found it.
             try:
