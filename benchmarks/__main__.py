@@ -21,6 +21,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from distlock_async.testing.servers import EtcdServer, RedisServer
 
 from . import report
 from .adapters import Adapter, etcd_adapters, redis_adapters
-from .scenarios import contended, etcd_wire_cost, redis_wire_cost, uncontended
+from .scenarios import contended, etcd_wire_cost, redis_wire_cost, revoke_unused_leases, uncontended
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,14 +101,23 @@ def _median_ratio(per_round: dict[str, list[float]], name: str, raw: str = "raw"
     return statistics.median(a / b for a, b in zip(per_round[name], per_round[raw], strict=True))
 
 
-async def _common(backend: str, adapters: list[Adapter], args: argparse.Namespace) -> dict[str, Any]:
-    """Scenarios A, B and C, the same for every backend."""
+async def _common(
+    backend: str,
+    adapters: list[Adapter],
+    args: argparse.Namespace,
+    between: Callable[[], Awaitable[int]] | None = None,
+) -> dict[str, Any]:
+    """Scenarios A, B and C, the same for every backend; ``between`` runs before each adapter's round
+    (etcd: an operator's lease cleanup) and says how many things it cleaned."""
     out: dict[str, Any] = {}
+    cleaned = 0
     for label, tasks in (("A", 1), ("B", 64)):
         rates: dict[str, list[float]] = defaultdict(list)
         cpu: dict[str, list[float]] = defaultdict(list)
         for r in range(args.rounds):
             for adapter in _rotated(adapters, r):
+                if between is not None:
+                    cleaned += await between()
                 result = await uncontended(adapter, tasks=tasks, seconds=args.seconds)
                 rates[adapter.name].append(result.per_second)
                 cpu[adapter.name].append(result.cpu_us_per_cycle)
@@ -124,10 +134,15 @@ async def _common(backend: str, adapters: list[Adapter], args: argparse.Namespac
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in range(args.contended_rounds):
         for adapter in _rotated(adapters, r):
+            if between is not None:
+                cleaned += await between()
             runs[adapter.name].append((await contended(adapter, seconds=args.contended_seconds)).summary())
         handoffs = ", ".join(f"{n} {v[-1]['handoffs_per_s']:.0f}" for n, v in runs.items())
         print(f"{backend} C round {r + 1}, hand-offs/s: {handoffs}")
     out["C"] = {name: _median_contention(results) for name, results in runs.items()}
+    if between is not None:
+        out["cleaned_between_rounds"] = cleaned
+        print(f"{backend}: {cleaned} cleaned between rounds")
     return out
 
 
@@ -158,7 +173,10 @@ async def _etcd(server: EtcdServer, args: argparse.Namespace) -> dict[str, Any]:
     async def body(adapters: list[Adapter]) -> dict[str, Any]:
         # D first, on a quiet server: a peer's leases left to expire would be raft proposals in its window.
         wire = {adapter.name: await etcd_wire_cost(adapter, server.endpoint, server.port) for adapter in adapters}
-        return {**await _common("etcd", adapters, args), "D": wire}
+        # Before each round, leases that back no key are revoked, as an operator cleaning leaked ones would:
+        # the peers' leaked leases, and our lockers' kept ones, which their next obtains find gone.
+        cleanup = partial(revoke_unused_leases, server.endpoint)
+        return {**await _common("etcd", adapters, args, cleanup), "D": wire}
 
     return await _with(etcd_adapters(server.endpoint), body)
 

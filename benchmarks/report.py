@@ -89,6 +89,13 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         title = "Redis" if backend == "redis" else "etcd"
         lines += [f"### {title}", ""]
+        if "cleaned_between_rounds" in data:
+            lines += [
+                f"Before each adapter's round of A, B and C, every lease that backed no key was revoked, as an "
+                f"operator cleaning leaked leases would ({data['cleaned_between_rounds']} in this run): the "
+                "peers' leaked leases and the lockers' kept ones, which their next obtains then find gone.",
+                "",
+            ]
         targets = _targets(backend, data)
         if targets:
             lines += ["Targets:", "", *_table(["scenario", "target", "measured", ""], targets), ""]
