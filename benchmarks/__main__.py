@@ -30,7 +30,7 @@ import redis
 
 from distlock_async.testing.servers import EtcdServer, RedisServer
 
-from . import report
+from . import fairness, report
 from .adapters import Adapter, etcd_adapters, redis_adapters
 from .scenarios import contended, etcd_wire_cost, redis_wire_cost, revoke_unused_leases, uncontended
 
@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds per adapter per round in A and B")
     parser.add_argument("--contended-rounds", type=int, default=3, help="rounds of scenario C (default 3)")
     parser.add_argument("--contended-seconds", type=float, default=3.0, help="seconds per adapter per round in C")
+    parser.add_argument("--fairness-seconds", type=float, default=5.0, help="seconds per adapter in F")
     parser.add_argument("--waiters", type=int, default=10_000, help="scenario E's waiting tasks")
     parser.add_argument("--keys", type=int, default=1_000, help="scenario E's keys")
     parser.add_argument(
@@ -214,7 +215,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.contended_rounds, args.contended_seconds = 1, 0.3, 1, 0.5
-        args.waiters, args.keys = 1_000, 100
+        args.waiters, args.keys, args.fairness_seconds = 1_000, 100, 1.0
 
     server = RedisServer()
     server.start()
@@ -222,6 +223,7 @@ def main() -> None:
         results: dict[str, Any] = {"machine": _machine(server.url), "settings": vars(args)}
         results["redis"] = asyncio.run(_redis(server.url, args))
         results["redis"]["E"] = _scale(server.url, args)
+        results["redis"]["F"] = fairness.run_backend("redis", server.url, seconds=args.fairness_seconds)
     finally:
         server.cleanup()
     # etcd as in production: default raft timers, fsync on every commit.
@@ -231,6 +233,7 @@ def main() -> None:
         results["machine"]["etcd"] = _etcd_version(etcd.port)
         results["etcd"] = asyncio.run(_etcd(etcd, args))
         results["etcd"]["E"] = _scale(f"etcd://{etcd.endpoint}", args)
+        results["etcd"]["F"] = fairness.run_backend("etcd", etcd.endpoint, seconds=args.fairness_seconds)
     finally:
         etcd.cleanup()
 

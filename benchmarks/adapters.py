@@ -258,9 +258,15 @@ class EtcdRaw(Adapter):
     async def acquire(self, key: str) -> Any:
         tx, name, token = self.client.transactions, f"raw/{key}".encode(), secrets.token_bytes(16)
         while True:
-            ok, _ = await self.client.transaction(
-                compare=[tx.create(name) == 0], success=[tx.put(name, token, lease=self.lease)], failure=[]
-            )
+            try:
+                ok, _ = await self.client.transaction(
+                    compare=[tx.create(name) == 0], success=[tx.put(name, token, lease=self.lease)], failure=[]
+                )
+            except Exception as exc:  # aetcd's ClientError: revoked between rounds, as an operator would
+                if "lease not found" not in str(exc):
+                    raise
+                self.lease = await self.client.lease(600)
+                continue
             if ok:
                 return name, token
             await asyncio.sleep(0.001)

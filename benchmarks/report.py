@@ -49,6 +49,22 @@ def _targets(backend: str, data: dict[str, Any]) -> list[list[object]]:
         fair = ours["min_over_max"]
         rows.append(["C", f"per-task min/max >= {fairness}", f"{fair:.2f}", _ok(fair >= fairness)])
         rows.append(["C", "0 violations", ours["violations"], _ok(ours["violations"] == 0)])
+    f = data.get("F", {})
+    if OURS in f and backend == "redis":
+        # Issue 13's targets: fair across processes, one of them farther from the server.
+        ours = f[OURS]
+        fair, far = ours["min_over_max"], ours["far_share_vs_fair"]
+        rows.append(["F", "per-process min/max share >= 0.8", f"{fair:.2f}", _ok(fair >= 0.8)])
+        rows.append(["F", "far process's share 0.8-1.25x fair", f"{far:.2f}x", _ok(0.8 <= far <= 1.25)])
+        bound = 3 * ours["ideal_wait_ms"]
+        p99 = ours["wait_p99_ms"]
+        rows.append(
+            ["F", "wait p99 <= 3x the ideal queue wait", f"{p99:.0f} ms (3x ideal: {bound:.0f})", _ok(p99 <= bound)]
+        )
+        if OURS in c:
+            ratio = ours["handoffs_per_s"] / max(c[OURS]["handoffs_per_s"], 1e-9)
+            rows.append(["F", "hand-offs/s >= 0.9x C's (one locker)", f"{ratio:.2f}x", _ok(ratio >= 0.9)])
+        rows.append(["F", "0 overlaps", ours["violations"], _ok(ours["violations"] == 0)])
     if OURS in d:
         ours = d[OURS]
         if backend == "redis":
@@ -155,6 +171,44 @@ def markdown(results: dict[str, Any]) -> str:
                 ),
                 "",
             ]
+        f = data.get("F", {})
+        if f:
+            lines += [
+                "F (4 processes x 2 tasks, each process with its own locker, on one key, hold 1 ms; the last "
+                "process reaches the server through a proxy adding 2 ms each way): each process's share of the "
+                "acquisitions (fair: 0.25; * the far one), the far one's share against fair, waits (a wait "
+                "still going at the end counts), the ideal queue wait ((contenders - 1) x (hold + hand-off gap)), "
+                "acquisitions that gave up, sections that overlapped.",
+                "",
+                *_table(
+                    [
+                        "lock",
+                        "shares",
+                        "far vs fair",
+                        "wait p50 near / far ms",
+                        "wait p99 / max ms",
+                        "ideal ms",
+                        "hand-offs/s",
+                        "gave up",
+                        "overlaps",
+                    ],
+                    [
+                        [
+                            name,
+                            " ".join(f"{p['share']:.2f}{'*' if p['far'] else ''}" for p in r["per_process"]),
+                            f"{r['far_share_vs_fair']:.2f}x",
+                            f"{_near_p50(r):.0f} / {_far(r)['wait_p50_ms']:.0f}",
+                            f"{r['wait_p99_ms']:.0f} / {r['wait_max_ms']:.0f}",
+                            f"{r['ideal_wait_ms']:.0f}",
+                            f"{r['handoffs_per_s']:.0f}",
+                            r["gave_up"],
+                            r["violations"],
+                        ]
+                        for name, r in f.items()
+                    ],
+                ),
+                "",
+            ]
         e = data.get("E")
         if e:
             left = ", ".join(
@@ -169,6 +223,16 @@ def markdown(results: dict[str, Any]) -> str:
         if data.get("skipped"):
             lines += [f"Not measured: {', '.join(f'{k} ({v})' for k, v in data['skipped'].items())}.", ""]
     return "\n".join(lines)
+
+
+def _far(result: dict[str, Any]) -> dict[str, Any]:
+    return next(p for p in result["per_process"] if p["far"])
+
+
+def _near_p50(result: dict[str, Any]) -> float:
+    """The median of the near processes' median waits."""
+    near = sorted(p["wait_p50_ms"] for p in result["per_process"] if not p["far"])
+    return near[len(near) // 2] if near else 0.0
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
