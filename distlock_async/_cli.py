@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -397,6 +398,9 @@ class _Board:
         self.handoffs = 0
         self.last = ""
         self.drawn = 0
+        #: Every section as (start, end, fencing token, worker), on the loop's clock: what the verdict checks.
+        self.sections: list[tuple[float, float, int, str]] = []
+        self._open: dict[str, tuple[float, int]] = {}
 
     def now(self) -> float:
         return self.loop.time() - self.start
@@ -424,10 +428,13 @@ class _Board:
             self.handoffs += 1
             note = f"hand-off from {self.last_holder}"
         self.holder = self.last_holder = name
+        self._open[name] = (self.now(), fencing)
         self._set(name, "holding")
         self._event(name, "acquired", str(fencing), f"{waited * 1000:7.1f}ms", note)
 
     def released(self, name: str, more: bool) -> None:
+        start, fencing = self._open.pop(name)
+        self.sections.append((start, self.now(), fencing, name))
         self.holder = None
         self._set(name, "working" if more else "done")
         self._event(name, "released")
@@ -468,7 +475,30 @@ class _Board:
         for name, s in self.stats.items():
             mean = sum(s.waits) / len(s.waits)
             self.out.write(f"{name:<6}  {s.acquisitions:>8}  {mean * 1000:8.1f}ms  {max(s.waits) * 1000:8.1f}ms\n")
-        self.out.write(f"\n{self.handoffs} hand-offs; no two sections overlapped, and fencing tokens rose with each.\n")
+        self.out.write(f"\n{self.handoffs} hand-offs; {verdict(self.sections)}.\n")
+
+
+def verdict(sections: list[tuple[float, float, int, str]]) -> str:
+    """What the recorded sections (start, end, fencing token, worker) show: overlaps, and whether the
+    fencing tokens rose with each section in the order the sections began."""
+    ordered = sorted(sections)
+    overlapping = []
+    latest: tuple[float, str] = (float("-inf"), "")
+    for start, end, _, name in ordered:
+        if start < latest[0]:
+            overlapping.append(f"{name}'s began before {latest[1]}'s ended")
+        latest = max(latest, (end, name))
+    falls = [f"{b[3]} got {b[2]} after {a[3]}'s {a[2]}" for a, b in itertools.pairwise(ordered) if b[2] <= a[2]]
+    found = []
+    if overlapping:
+        found.append(f"{len(overlapping)} of {len(ordered)} sections overlapped another ({overlapping[0]})")
+    else:
+        found.append(f"none of the {len(ordered)} sections overlapped another")
+    if falls:
+        found.append(f"fencing tokens did not rise {len(falls)} times ({falls[0]})")
+    else:
+        found.append("fencing tokens rose with each")
+    return ", and ".join(found)
 
 
 async def _demo(url: str, workers: int, rounds: int, hold: float, key: str, out: TextIO, live: bool) -> int:

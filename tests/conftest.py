@@ -165,7 +165,7 @@ async def _memory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         factory=lambda options: MemoryLocker(options, store=store),
         steal=steal,
     )
-    assert not store._waiters, "a waiter's subscription outlived its obtain"
+    assert not store._queues, "a waiter stayed queued after its obtain ended"
 
 
 _namespaces = itertools.count()

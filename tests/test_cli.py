@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from distlock_async._cli import verdict
 from distlock_async.testing.servers import EtcdServer, RedisServer, free_port
 
 
@@ -70,6 +71,30 @@ def test_demo_on_a_terminal_redraws_a_live_table() -> None:
     assert "holder: w" in text
     assert re.search(r"^\d+ hand-offs", text, re.MULTILINE)
     assert text.rstrip().endswith("fencing tokens rose with each.")
+
+
+def test_the_demo_verdict_is_computed_from_the_sections() -> None:
+    """The closing line says what the recorded sections show, including when they show a violation."""
+    good = [(0.0, 1.0, 1, "w1"), (1.0, 2.0, 2, "w2"), (2.5, 3.0, 3, "w1")]
+    assert verdict(good) == "none of the 3 sections overlapped another, and fencing tokens rose with each"
+    overlapping = [(0.0, 1.0, 1, "w1"), (0.5, 2.0, 2, "w2"), (2.5, 3.0, 3, "w1")]
+    assert verdict(overlapping).startswith("1 of 3 sections overlapped another (w2's began before w1's ended)")
+    falling = [(0.0, 1.0, 5, "w1"), (1.0, 2.0, 4, "w2")]
+    assert verdict(falling).endswith("fencing tokens did not rise 1 times (w2 got 4 after w1's 5)")
+
+
+def test_the_demo_on_memory_serves_workers_in_the_order_they_asked() -> None:
+    """The default backend is FIFO: in the event log, the workers acquire in the order they started waiting."""
+    result = run("demo", "--plain", "--workers", "5", "--rounds", "3", "--hold", "0.01")
+    assert result.returncode == 0, result.stderr
+    asked: list[str] = []
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "waiting":
+            asked.append(fields[1])
+        elif len(fields) >= 3 and fields[2] == "acquired" and fields[1] in asked:
+            assert asked.pop(0) == fields[1], f"{fields[1]} overtook a worker that waited longer:\n{result.stdout}"
+    assert "none of the 15 sections overlapped another" in result.stdout
 
 
 def test_unavailable_backend_scheme_exits_with_usage_error() -> None:

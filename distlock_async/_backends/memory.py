@@ -29,11 +29,16 @@ class MemoryStore:
     own. Time is the event loop's clock, so a store serves the lockers of one process. Fencing tokens
     come from one counter for the whole store, which keeps them strictly increasing per key without
     remembering anything about keys that are no longer held.
+
+    Waiters queue per key and are served first come, first served, as on etcd and Redis: a free key
+    goes to the head of its queue (woken by the release), never to a newcomer or a waiter further back.
     """
 
     def __init__(self) -> None:
         self._held: dict[str, _Entry] = {}
-        self._waiters: dict[str, set[Signal]] = {}
+        #: Per key, the waiters' signals in the order they first found the key taken (a dict is an
+        #: ordered set): the first is the only one a release wakes and the only one a free key goes to.
+        self._queues: dict[str, dict[Signal, None]] = {}
         self._fence = 0
 
     def __repr__(self) -> str:
@@ -50,21 +55,38 @@ class MemoryStore:
         entry = self._live(key, now)
         return entry if entry is not None and entry.token == token else None
 
-    def _try_acquire(self, key: str, token: str, ttl: float) -> Granted | Busy:
+    def _try_acquire(self, key: str, token: str, ttl: float, me: Signal) -> Granted | Busy:
         now = _now()
         entry = self._live(key, now)
-        if entry is not None:
-            return Busy(holder_ttl=entry.expires_at - now)
-        self._fence += 1
-        self._held[key] = _Entry(token, now + ttl, self._fence)
-        return Granted(self._fence)
+        queue = self._queues.get(key)
+        if entry is None and (not queue or next(iter(queue)) is me):
+            self._leave(key, me)
+            self._fence += 1
+            self._held[key] = _Entry(token, now + ttl, self._fence)
+            return Granted(self._fence)
+        self._queues.setdefault(key, {}).setdefault(me, None)  # keeps its place if queued already
+        # A free key is the head's: the others sleep until their retry slot or the head's release.
+        return Busy(holder_ttl=None if entry is None else entry.expires_at - now)
+
+    def _leave(self, key: str, me: Signal) -> None:
+        """Take ``me`` out of the queue; if it was the head of a free key, wake the next one."""
+        queue = self._queues.get(key)
+        if queue is None or me not in queue:
+            return
+        was_head = next(iter(queue)) is me
+        del queue[me]
+        if not queue:
+            del self._queues[key]
+        elif was_head and self._live(key, _now()) is None:
+            next(iter(queue)).set()
 
     def _release(self, key: str, token: str) -> bool:
         if self._owned(key, token, _now()) is None:
             return False
         del self._held[key]
-        for signal in self._waiters.get(key, ()):
-            signal.set()
+        queue = self._queues.get(key)
+        if queue:
+            next(iter(queue)).set()
         return True
 
 
@@ -80,28 +102,21 @@ class _MemoryContender:
         self._key = key
         self._token = token
         self._ttl = ttl
-        self._signal: Signal | None = None
+        #: Its place in the key's queue, and what a release sets to wake it.
+        self._signal = Signal()
 
     async def attempt(self) -> Granted | Busy:
         await anyio.lowlevel.checkpoint()
-        if self._signal is not None:
-            self._signal.clear()
-        return self._store._try_acquire(self._key, self._token, self._ttl)
+        self._signal.clear()
+        return self._store._try_acquire(self._key, self._token, self._ttl, self._signal)
 
     async def wait(self, timeout: float) -> bool:
-        if self._signal is None:
-            self._signal = Signal()
-            self._store._waiters.setdefault(self._key, set()).add(self._signal)
         return await self._signal.wait(timeout)
 
     async def close(self, granted: Granted | None) -> None:
-        # Attempts are atomic (the checkpoint comes before the change), so there is nothing to undo.
-        signal, self._signal = self._signal, None
-        if signal is not None:
-            waiters = self._store._waiters[self._key]
-            waiters.discard(signal)
-            if not waiters:
-                del self._store._waiters[self._key]
+        # Attempts are atomic (the checkpoint comes before the change), so there is nothing to undo
+        # but our place in the queue.
+        self._store._leave(self._key, self._signal)
         await anyio.lowlevel.checkpoint()
 
 
