@@ -114,7 +114,7 @@ def markdown(results: dict[str, Any]) -> str:
             ]
         targets = _targets(backend, data)
         if targets:
-            lines += ["Targets:", "", *_table(["scenario", "target", "measured", ""], targets), ""]
+            lines += ["Targets:", "", *_table(["scenario", "target", "measured", "verdict"], targets), ""]
         a, b = data.get("A", {}), data.get("B", {})
         lines += [
             "A (one task, uncontended) and B (64 tasks, distinct keys): obtain + release cycles per second, "
