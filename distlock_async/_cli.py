@@ -29,6 +29,7 @@ from ._protocols import Lock
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio requires the backport there
     from exceptiongroup import BaseExceptionGroup
+from . import __version__
 from ._options import Options
 from ._url import from_url
 from ._validate import redact_url
@@ -42,6 +43,21 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 #: A command killed by signal N exits with 128 + N, as in a shell.
 EXIT_SIGNAL_BASE = 128
+
+STATUS_EXIT_CODES = """\
+exit codes:
+  0      the status was shown, held or free
+  2      bad usage: unknown option, bad URL, memory:// (its locks live inside one process),
+         a backend that cannot show a lock's status
+  4      the backend is unavailable
+"""
+
+DEMO_EXIT_CODES = """\
+exit codes:
+  0      the demo ran
+  2      bad usage: unknown option, bad URL, a bad number
+  4      the backend is unavailable
+"""
 
 EXIT_CODES = """\
 exit codes:
@@ -78,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"distlock (distlock-async) {__version__}")
     parser.add_argument(
         "--url",
         default=os.environ.get("DISTLOCK_URL", "memory://"),
@@ -92,8 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     # ``--url`` is accepted after the command name too; there it overrides the one before it.
     url = argparse.ArgumentParser(add_help=False)
-    url.add_argument("--url", default=argparse.SUPPRESS, help="where the locks live (default: $DISTLOCK_URL)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    url.add_argument(
+        "--url", default=argparse.SUPPRESS, help="where the locks live (default: $DISTLOCK_URL, else memory://)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
         "run",
@@ -145,16 +164,28 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         parents=[url],
         help="show whether a lock is held, its remaining TTL and fencing counter",
-        epilog=EXIT_CODES,
+        epilog=STATUS_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     status.add_argument("key", metavar="KEY", help="the lock's key")
 
-    demo = commands.add_parser("demo", parents=[url], help="show several workers contending for one lock")
+    demo = commands.add_parser(
+        "demo",
+        parents=[url],
+        help="show several workers contending for one lock",
+        epilog=DEMO_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo.add_argument("--workers", type=_positive_int, default=4, help="contending workers (default 4)")
     demo.add_argument("--rounds", type=_positive_int, default=3, help="sections per worker (default 3)")
-    demo.add_argument("--hold", type=float, default=0.05, help="seconds each section holds the lock (default 0.05)")
+    demo.add_argument(
+        "--hold",
+        type=_positive_seconds,
+        default=0.2,
+        metavar="SECONDS",
+        help="seconds each section holds the lock (default 0.2, a pace a person can follow)",
+    )
     demo.add_argument("--key", default="demo", help="the key they contend for (default 'demo')")
     demo.add_argument(
         "--plain",
@@ -165,27 +196,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _number(text: str, *, zero: bool) -> float:
+    bound = ">= 0" if zero else "> 0"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds {bound}, got {text!r}")
     return value
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text!r}")
-    return value
+    return _number(text, zero=True)
 
 
 def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
+    return _number(text, zero=False)
 
 
 def _refuse_memory(url: str, command: str) -> None:
@@ -401,6 +437,10 @@ class _Board:
         #: Every section as (start, end, fencing token, worker), on the loop's clock: what the verdict checks.
         self.sections: list[tuple[float, float, int, str]] = []
         self._open: dict[str, tuple[float, int]] = {}
+        #: Redis fencing tokens start at the server's clock in microseconds (they never go back, even
+        #: after a restart without persistence): shown relative to the one before the first, as ``+N``.
+        self.base: int | None = None
+        self.last_token: dict[str, str] = dict.fromkeys(workers, "")
 
     def now(self) -> float:
         return self.loop.time() - self.start
@@ -430,7 +470,13 @@ class _Board:
         self.holder = self.last_holder = name
         self._open[name] = (self.now(), fencing)
         self._set(name, "holding")
-        self._event(name, "acquired", str(fencing), f"{waited * 1000:7.1f}ms", note)
+        self.last_token[name] = shown = self._shown(fencing)
+        self._event(name, "acquired", shown, f"{waited * 1000:7.1f}ms", note)
+
+    def _shown(self, fencing: int) -> str:
+        if self.base is None:
+            self.base = fencing - 1 if fencing > _LARGE_TOKEN else 0
+        return f"+{fencing - self.base}" if self.base else str(fencing)
 
     def released(self, name: str, more: bool) -> None:
         start, fencing = self._open.pop(name)
@@ -453,14 +499,17 @@ class _Board:
         self.out.write(f"{line}{' '.join(self.waiting) or '-'}  {note}".rstrip() + "\n")
 
     def draw(self) -> None:
-        lines = [f"{'worker':<6}  {'state':<8}  {'for':>8}  {'sections':>8}  {'mean wait':>10}  {'max wait':>10}"]
+        lines = [
+            f"{'worker':<6}  {'state':<8}  {'for':>8}  {'sections':>8}  {'fencing':>8}  "
+            f"{'mean wait':>10}  {'max wait':>10}"
+        ]
         now = self.now()
         for name, stats in self.stats.items():
             mean = f"{sum(stats.waits) / len(stats.waits) * 1000:8.1f}ms" if stats.waits else ""
             worst = f"{max(stats.waits) * 1000:8.1f}ms" if stats.waits else ""
             lines.append(
                 f"{name:<6}  {self.state[name]:<8}  {now - self.since[name]:7.2f}s  "
-                f"{stats.acquisitions:>8}  {mean:>10}  {worst:>10}"
+                f"{stats.acquisitions:>8}  {self.last_token[name]:>8}  {mean:>10}  {worst:>10}"
             )
         lines.append(f"holder: {self.holder or '-'}   waiting: {' '.join(self.waiting) or '-'}")
         lines.append(f"hand-offs: {self.handoffs}   last: {self.last}")
@@ -475,7 +524,13 @@ class _Board:
         for name, s in self.stats.items():
             mean = sum(s.waits) / len(s.waits)
             self.out.write(f"{name:<6}  {s.acquisitions:>8}  {mean * 1000:8.1f}ms  {max(s.waits) * 1000:8.1f}ms\n")
+        if self.base:
+            self.out.write(f"\nFencing tokens are shown as +N: the token minus {self.base} (the server's clock in µs).")
         self.out.write(f"\n{self.handoffs} hand-offs; {verdict(self.sections)}.\n")
+
+
+#: Fencing tokens above this are clock-based (Redis): the demo shows them relative to the first.
+_LARGE_TOKEN = 1_000_000
 
 
 def verdict(sections: list[tuple[float, float, int, str]]) -> str:
@@ -561,8 +616,22 @@ def _log_to_stderr(verbose: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
     _log_to_stderr(args.verbose)
+    try:
+        return _main(args)
+    except BrokenPipeError:
+        # The reader went away (``distlock demo --plain | head``): stop quietly, as a shell command
+        # killed by SIGPIPE would, and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_SIGNAL_BASE + signal.SIGPIPE
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo":
             live = not args.plain and _live(sys.stdout)

@@ -97,6 +97,40 @@ def test_the_demo_on_memory_serves_workers_in_the_order_they_asked() -> None:
     assert "none of the 15 sections overlapped another" in result.stdout
 
 
+def test_version_and_a_bare_distlock_that_prints_help() -> None:
+    version = run("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("distlock (distlock-async) ")
+    bare = run()
+    assert bare.returncode == 2
+    assert bare.stdout.startswith("usage: distlock")
+    assert "hold a lock" not in bare.stderr  # the help is the output, not an error
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "soon"])
+def test_bad_seconds_get_one_message_naming_the_option(value: str) -> None:
+    result = run("run", "--ttl", value, "k", "--", "true")
+    assert result.returncode == 2
+    assert f"argument --ttl: must be a finite number of seconds > 0, got '{value}'" in result.stderr
+
+
+def test_demo_with_a_bad_hold_names_it_and_prints_nothing() -> None:
+    result = run("demo", "--hold", "-1")
+    assert result.returncode == 2
+    assert "argument --hold: must be a finite number of seconds > 0, got '-1'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_subcommand_help_names_the_default_url_and_its_own_exit_codes() -> None:
+    for command in ("run", "status", "demo"):
+        text = " ".join(run(command, "--help").stdout.split())  # as read, whatever the line breaks
+        assert "(default: $DISTLOCK_URL, else memory://)" in text, command
+    status = run("status", "--help").stdout
+    assert "the backend is unavailable" in status
+    assert "126" not in status  # run's, not status's
+    assert "lock was lost" not in status
+
+
 def test_unavailable_backend_scheme_exits_with_usage_error() -> None:
     result = run("--url", "zookeeper://localhost:2181", "demo")
     assert result.returncode == 2
@@ -126,12 +160,31 @@ def test_demo_against_a_dead_etcd_exits_with_backend_unavailable() -> None:
 
 
 def test_demo_on_redis_hands_the_lock_around(redis_server: RedisServer) -> None:
+    """Redis tokens start at the server's clock in µs: the demo shows them relative, and says so."""
     result = run("--url", redis_server.url, "demo", "--workers", "3", "--rounds", "2", "--hold", "0.02")
     assert result.returncode == 0, result.stderr
-    acquired = re.findall(r"^\s*[\d.]+\s+(w\d)\s+acquired\s+(\d+)", result.stdout, re.MULTILINE)
+    acquired = re.findall(r"^\s*[\d.]+\s+(w\d)\s+acquired\s+\+(\d+)", result.stdout, re.MULTILINE)
     assert len(acquired) == 6
     tokens = [int(token) for _, token in acquired]
+    assert tokens[0] == 1
     assert tokens == sorted(tokens)
+    [base] = re.findall(r"shown as \+N: the token minus (\d+)", result.stdout)
+    assert int(base) > 1_000_000
+
+
+def test_demo_piped_into_head_stops_quietly() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "distlock_async", "demo", "--plain", "--rounds", "500", "--hold", "0.001"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline()
+        proc.stdout.close()  # what head does once it has its lines (2,000 sections: far more than a pipe holds)
+        assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+        assert proc.stderr is not None
+        assert proc.stderr.read() == b""
 
 
 def test_demo_against_a_dead_server_exits_with_backend_unavailable() -> None:
@@ -139,12 +192,6 @@ def test_demo_against_a_dead_server_exits_with_backend_unavailable() -> None:
     assert result.returncode == 4, result.stderr
     assert "backend unavailable" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_missing_command_is_a_usage_error() -> None:
-    result = run()
-    assert result.returncode == 2
-    assert "COMMAND" in result.stderr
 
 
 # --- run and status, against the suite's Redis server ---------------------------------------------------
