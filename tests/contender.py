@@ -1,0 +1,104 @@
+"""A worker process with a locker of its own that waits for one lock: the multi-process tests' contender.
+
+``python -m tests.contender TARGET KEY NAME --log FILE`` makes a locker (``TARGET`` is a URL, or
+``sentinel:HOST:PORT:MASTER`` / ``cluster:HOST:PORT`` for the Redis topologies that have no URL form),
+obtains ``KEY`` with an unbounded budget and, once it holds the lock, appends one JSON line
+``{"name", "fencing_token"}`` to ``FILE`` (under ``flock``: several workers share it), holds it
+``--hold`` seconds and releases it. It prints ``queued`` on stdout, once, as soon as its first attempt
+found the lock taken -- so a test can start the next worker only once this one is in the queue, and
+assert the order the lock went round in, not timings. ``--give-up-after S`` cancels the obtain after
+``S`` seconds instead (exit code 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import logging
+import math
+import sys
+from typing import Any
+
+import anyio
+
+from distlock_async import Lock, Locker, Options, RedisLocker, from_url
+
+
+class _Queued(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.told = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.told and "is held by another owner; waiting" in record.getMessage():
+            self.told = True
+            print("queued", flush=True)
+
+
+def _locker(target: str, options: Options) -> tuple[Locker, list[Any]]:
+    """The locker, and clients to close after it."""
+    kind, _, rest = target.partition(":")
+    if kind == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        host, port, master = rest.split(":")
+        sentinel = Sentinel([(host, int(port))], socket_timeout=5)
+        client = sentinel.master_for(master, socket_timeout=5)
+        return RedisLocker(client, options), [client, *sentinel.sentinels]
+    if kind == "cluster":
+        from redis.asyncio.cluster import RedisCluster
+
+        host, port = rest.split(":")
+        client = RedisCluster(host=host, port=int(port), socket_timeout=5)
+        return RedisLocker(client, options), [client]
+    return from_url(target, options), []
+
+
+def _record(path: str, name: str, fencing_token: int) -> None:
+    with open(path, "a") as log:
+        fcntl.flock(log, fcntl.LOCK_EX)
+        log.write(json.dumps({"name": name, "fencing_token": fencing_token}) + "\n")
+
+
+async def _main(args: argparse.Namespace) -> int:
+    handler = _Queued()
+    logger = logging.getLogger("distlock_async")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    lock: Lock | None = None
+    locker, clients = _locker(args.target, Options(ttl=args.ttl, max_retries=1_000_000, retry_delay=args.retry_delay))
+    try:
+        async with locker:
+            with anyio.move_on_after(args.give_up_after):
+                lock = await locker.obtain(args.key)
+            if lock is None:
+                return 3
+            _record(args.log, args.name, lock.fencing_token)  # while holding the lock, on purpose
+            await asyncio.sleep(args.hold)
+            await lock.release()
+    finally:
+        for client in clients:
+            await client.aclose()
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.contender", description=__doc__)
+    parser.add_argument("target")
+    parser.add_argument("key")
+    parser.add_argument("name")
+    parser.add_argument("--log", required=True)
+    parser.add_argument("--hold", type=float, default=0.05)
+    parser.add_argument("--ttl", type=float, default=10.0)
+    parser.add_argument("--retry-delay", type=float, default=0.05)
+    parser.add_argument("--give-up-after", type=float, default=math.inf)
+    args = parser.parse_args()
+    if math.isinf(args.give_up_after):
+        args.give_up_after = None
+    sys.exit(asyncio.run(_main(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Many processes, each with its own locker, on one key: what users running N replicas rely on.
+
+Every contender here is a worker process (``tests/contender.py``) with a locker of its own, on a real
+server: single Redis, Sentinel, Cluster, etcd. Order is asserted by order: each worker is started only
+once the one before it has said it found the lock taken (it is in the queue), and the workers write
+down, while they hold the lock, that they got it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
+
+from distlock_async import Lock, Locker, Options, RedisLocker, from_url
+from distlock_async.testing.servers import EtcdServer, RedisClusterServers, RedisSentinelServers, RedisServer
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Seconds a test waits for a worker to say something or to finish: liveness, not a timing claim.
+LIMIT = 30.0
+
+
+#: Tests that Redis passes only once its waiters queue on the server (issue 13).
+_NEEDS_THE_REDIS_QUEUE = ("in_the_order_they_queued", "killed_at_the_head")
+
+
+@pytest.fixture(params=["redis", "redis-sentinel", "redis-cluster", "etcd"])
+def target(request: pytest.FixtureRequest) -> str:
+    """What a contender process connects to (see ``tests/contender.py``)."""
+    if request.param.startswith("redis") and any(n in request.node.name for n in _NEEDS_THE_REDIS_QUEUE):
+        pytest.skip("Redis hands a released lock to whichever process is quickest (issue 13: a queue on the server)")
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    if request.param == "redis-sentinel":
+        servers: RedisSentinelServers = request.getfixturevalue("redis_sentinel")
+        return f"sentinel:127.0.0.1:{servers.sentinel.port}:{servers.master_name}"
+    if request.param == "redis-cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        return f"cluster:127.0.0.1:{cluster.ports[0]}"
+    etcd: EtcdServer = request.getfixturevalue("etcd_server")
+    return f"etcd://{etcd.endpoint}"
+
+
+@pytest.fixture
+async def holder_locker(target: str) -> AsyncIterator[Locker]:
+    """A locker of the test process on the same server, with long TTLs: it holds the lock while workers queue."""
+    options = Options(ttl=60)
+    kind, _, rest = target.partition(":")
+    clients: list[Any] = []
+    locker: Locker
+    if kind == "sentinel":
+        host, port, master = rest.split(":")
+        sentinel = Sentinel([(host, int(port))], socket_timeout=5)  # type: ignore[no-untyped-call,unused-ignore]
+        client = sentinel.master_for(master, socket_timeout=5)
+        locker, clients = RedisLocker(client, options), [client, *sentinel.sentinels]
+    elif kind == "cluster":
+        host, port = rest.split(":")
+        cluster = RedisCluster(host=host, port=int(port), socket_timeout=5)
+        locker, clients = RedisLocker(cluster, options), [cluster]
+    else:
+        locker = from_url(target, options)
+    async with locker:
+        yield locker
+    for client in clients:
+        await client.aclose()
+
+
+class Workers:
+    """Contender processes sharing one log; none outlives the test."""
+
+    def __init__(self, target: str, key: str, log: Path) -> None:
+        self.target = target
+        self.key = key
+        self.log = log
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+
+    def start(self, name: str, *extra: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.contender", self.target, self.key, name, "--log", str(self.log), *extra],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    async def queued(self, name: str) -> None:
+        """Wait until worker ``name`` says it found the lock taken (its first attempt is behind it)."""
+        await anyio.to_thread.run_sync(self._read_queued, self.procs[name])
+
+    @staticmethod
+    def _read_queued(proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], LIMIT)
+        assert ready, "the worker never said it was queued"
+        assert proc.stdout.readline().strip() == "queued", f"the worker exited with {proc.poll()}"
+
+    async def finish(self, *names: str) -> dict[str, int]:
+        """Wait for the workers to exit; their exit codes."""
+        return {name: await anyio.to_thread.run_sync(self._wait, self.procs[name]) for name in names}
+
+    @staticmethod
+    def _wait(proc: subprocess.Popen[str]) -> int:
+        return proc.wait(LIMIT)
+
+    def served(self) -> list[dict[str, Any]]:
+        """Who got the lock, in the order they got it."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    def kill_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+@pytest.fixture
+def workers(target: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workers]:
+    group = Workers(target, f"processes-{request.node.name}-{os.getpid()}", tmp_path / "served.jsonl")
+    try:
+        yield group
+    finally:
+        group.kill_all()
+
+
+async def _hold(locker: Locker, key: str) -> Lock:
+    return await locker.obtain(key, max_retries=0)
+
+
+async def test_waiters_in_several_processes_get_the_lock_in_the_order_they_queued(
+    holder_locker: Locker, workers: Workers
+) -> None:
+    """Five processes queue one after another behind a holder; the lock goes round in that order, with
+    a higher fencing token each time."""
+    lock = await _hold(holder_locker, workers.key)
+    names = [f"w{n}" for n in range(5)]
+    for name in names:
+        workers.start(name)
+        await workers.queued(name)
+    await lock.release()
+    assert await workers.finish(*names) == dict.fromkeys(names, 0)
+    served = workers.served()
+    assert [s["name"] for s in served] == names
+    tokens = [lock.fencing_token] + [s["fencing_token"] for s in served]
+    assert tokens == sorted(set(tokens))
+
+
+async def test_a_waiter_killed_at_the_head_of_the_queue_does_not_hold_it_up(
+    holder_locker: Locker, workers: Workers
+) -> None:
+    """The first waiter is killed (SIGKILL) while it waits; the holder releases. The others get the lock,
+    in their order. On Redis that is long before the 60 s the dead waiter's lock would last had it been
+    handed to it for good: its entry expires unless kept alive, and a hand-off lasts only until the
+    waiter confirms it. On etcd a waiter's key lives as long as its lease, the lock's TTL (as with Go's
+    ``concurrency.Mutex``): 5 s here."""
+    lock = await _hold(holder_locker, workers.key)
+    names = ["w0", "w1", "w2"]
+    ttl = "5" if workers.target.startswith("etcd") else "60"
+    for name in names:
+        workers.start(name, "--ttl", ttl)
+        await workers.queued(name)
+    workers.procs["w0"].send_signal(signal.SIGKILL)
+    workers.procs["w0"].wait()
+    await lock.release()
+    assert await workers.finish("w1", "w2") == {"w1": 0, "w2": 0}
+    assert [s["name"] for s in workers.served()] == ["w1", "w2"]
+
+
+async def test_a_waiter_that_gives_up_leaves_nothing_behind(holder_locker: Locker, workers: Workers) -> None:
+    """A waiting process cancels its obtain and exits; once the holder releases, the lock is free for
+    the next obtain at once (no entry of the waiter is left to hand the lock to)."""
+    lock = await _hold(holder_locker, workers.key)
+    workers.start("quitter", "--give-up-after", "0.5")
+    await workers.queued("quitter")
+    assert await workers.finish("quitter") == {"quitter": 3}
+    await lock.release()
+    again = await holder_locker.obtain(workers.key, max_retries=0)
+    assert again.fencing_token > lock.fencing_token
+    await again.release()
+    assert workers.served() == []
