@@ -20,13 +20,13 @@ from typing import Any
 
 import aetcd
 import aetcd.exceptions
-import aetcd.watcher
 import grpc
 from aetcd import rpc
 
 from .._core._signal import Signal
 from .._errors import BackendError
 from .._options import EtcdOptions
+from ._compat_aetcd import credentials_of, share_token_with_watcher
 
 logger = logging.getLogger("distlock_async")
 
@@ -104,47 +104,6 @@ async def resolve_target(endpoints: list[tuple[str, int]]) -> tuple[str, int]:
         scheme = "ipv6"
     last = parts[-1].rpartition(":")[0]
     return f"{scheme}:{','.join([*parts[:-1], last])}", addresses[-1][2]
-
-
-class Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
-    """aetcd's client over a channel of our making: TLS with ``credentials``, and no authentication in
-    ``connect()``, which only builds the channel; :func:`authenticate` does that, with a deadline.
-
-    aetcd 1.0 always dials ``insecure_channel``, and authenticates inside ``connect()`` without one.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        options: dict[str, Any],
-        credentials: grpc.ChannelCredentials | None = None,
-        username: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        # aetcd keeps the credentials (``_username``, ``_password``); :func:`credentials_of` reads them.
-        super().__init__(host=host, port=port, username=username, password=password, options=options)
-        self._credentials = credentials
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        target = f"{self._host}:{self._port}"
-        options = list(self._options.items())
-        if self._credentials is None:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self.channel = grpc.aio.secure_channel(target, self._credentials, options=options)
-        # The stubs aetcd's connect() makes, so that the client works for aetcd's own methods too.
-        self.auth_stub = rpc.AuthStub(self.channel)
-        self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=None)
-        self._connected.set()
-        await asyncio.sleep(0)
 
 
 def channel_options(options: EtcdOptions, endpoints: list[tuple[str, int]]) -> dict[str, Any]:
@@ -255,14 +214,6 @@ async def dial(client: aetcd.Client, timeout: float, endpoints: Sequence[tuple[s
             await asyncio.wait_for(channel.wait_for_state_change(state), left)
 
 
-def credentials_of(client: aetcd.Client) -> tuple[str, str] | None:
-    """The user name and password ``client`` authenticates with (aetcd keeps them privately), if any."""
-    username, password = getattr(client, "_username", None), getattr(client, "_password", None)
-    if isinstance(username, str) and isinstance(password, str):
-        return username, password
-    return None
-
-
 async def authenticate(client: aetcd.Client, timeout: float) -> None:
     """Get a new token for the user of ``client`` within ``timeout`` s; every call sends it from then on.
 
@@ -288,9 +239,7 @@ async def authenticate(client: aetcd.Client, timeout: float) -> None:
             return
         raise BackendError(f"etcd: cannot authenticate as user {username!r}: {_detail(exc)}") from exc
     client.metadata = (("token", reply.token),)
-    watcher = getattr(client, "_watcher", None)
-    if watcher is not None and hasattr(watcher, "_metadata"):
-        watcher._metadata = client.metadata  # aetcd's own watches open their streams with it
+    share_token_with_watcher(client)
 
 
 def is_token_rejected(exc: BaseException) -> bool:

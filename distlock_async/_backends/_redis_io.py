@@ -31,6 +31,7 @@ import redis.exceptions
 
 from .._core._signal import Signal
 from .._errors import BackendError
+from ._compat_redis import close_now, peer_closed, write_now
 
 logger = logging.getLogger("distlock_async")
 
@@ -91,7 +92,7 @@ class Mux:
             if self._closed:
                 raise RuntimeError("the locker is closed")
             conn = self._conn
-            if conn is not None and not self._pending and _peer_closed(conn):
+            if conn is not None and not self._pending and peer_closed(conn):
                 # The server closed this idle connection (restart, idle timeout): nothing is lost by
                 # reconnecting now, while a command written to it would fail with its fate unknown.
                 await _disconnect(conn)
@@ -181,7 +182,7 @@ class Mux:
         conn = self._conn
         if undo is not None and conn is not None and conn.is_connected:
             with contextlib.suppress(Exception):
-                conn._writer.writelines(conn.pack_command(*undo))
+                write_now(conn, *undo)
         self._fail_all(redis.exceptions.TimeoutError(f"no reply within {self._deadline:g} s"))
         self._drop_connection()
 
@@ -199,7 +200,7 @@ class Mux:
         if conn is not None:
             # Closing without waiting: a paused server still finds the bytes already written (an obtain
             # and its undo, in this order) when it resumes.
-            conn._close()
+            close_now(conn)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -227,12 +228,6 @@ async def _cancel_and_wait(task: asyncio.Task[None] | None) -> None:
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _peer_closed(conn: Any) -> bool:
-    # redis-py has no public "has the server hung up" check that does not read from the socket.
-    reader = getattr(conn, "_reader", None)
-    return reader is not None and reader.at_eof()
 
 
 async def _disconnect(conn: Any) -> None:

@@ -18,10 +18,10 @@ from .._core._locker import LockerBase
 from .._errors import BackendError
 from .._options import EtcdOptions, Options
 from .._validate import redact_url
+from ._compat_aetcd import Client, credentials_of
 from ._etcd_io import (
     CLIENT_ERRORS,
     HASLEADER,
-    Client,
     KeepAlives,
     StreamFailed,
     Watch,
@@ -30,7 +30,6 @@ from ._etcd_io import (
     backend_error,
     channel_options,
     code,
-    credentials_of,
     dial,
     is_lease_not_found,
     is_token_rejected,

@@ -17,6 +17,7 @@ from .._core._signal import Signal
 from .._errors import BackendError
 from .._options import Options
 from .._validate import check_seconds, redact_url
+from ._compat_redis import initialization_due
 from ._redis_io import CLIENT_ERRORS, Mux, NotSent, Subscriber
 
 __all__ = ["RedisLocker"]
@@ -294,7 +295,7 @@ class _RedisDriver:
         """
         if self.closed:
             raise RuntimeError("the RedisLocker is closed; the locks it held expire with their TTL")
-        if self.cluster and self.client._initialize:
+        if self.cluster and initialization_due(self.client):
             try:
                 await self.client.initialize()
             except CLIENT_ERRORS as exc:
