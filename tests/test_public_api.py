@@ -84,7 +84,8 @@ def _imported_by(code: str) -> list[str]:
     source_root = str(Path(distlock_async.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([source_root, os.environ.get("PYTHONPATH", "")])}
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.partition('.')[0] for m in sys.modules}})))"
-    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.splitlines()[-1])
     return [name for name in CLIENT_MODULES if name in loaded]
 
