@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._backends.memory import MemoryLocker, MemoryStore
 from ._errors import BackendError, DistlockError, LockLostError, LockNotHeldError, NotObtainedError
 from ._options import EtcdOptions, Options
-from ._protocols import Lock, Locker, Refresher
+from ._protocols import KeyState, Lock, Locker, Refresher
 from ._url import from_url
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ __all__ = [
     "DistlockError",
     "EtcdLocker",
     "EtcdOptions",
+    "KeyState",
     "Lock",
     "LockLostError",
     "LockNotHeldError",

@@ -20,6 +20,7 @@ SPEC_NAMES = {
     "Options",
     "EtcdOptions",
     "EtcdLocker",
+    "KeyState",  # what locker.inspect() returns (SPEC, "Knowing who holds what")
     "MemoryLocker",
     "MemoryStore",
     "RedisLocker",

@@ -5,10 +5,11 @@ import asyncio
 import anyio
 import anyio.lowlevel
 
-from .._core._driver import Busy, Granted, KeyState
+from .._core._driver import Busy, Granted
 from .._core._locker import LockerBase
 from .._core._signal import Signal
 from .._options import Options
+from .._protocols import KeyState
 
 __all__ = ["MemoryLocker", "MemoryStore"]
 
@@ -50,14 +51,14 @@ class MemoryStore:
         entry = self._live(key, now)
         return entry if entry is not None and entry.token == token else None
 
-    def _try_acquire(self, key: str, token: str, ttl: float) -> Granted | Busy:
+    def _try_acquire(self, key: str, token: str, ttl: float) -> Granted[None] | Busy:
         now = _now()
         entry = self._live(key, now)
         if entry is not None:
             return Busy(holder_ttl=entry.expires_at - now)
         self._fence += 1
         self._held[key] = _Entry(token, now + ttl, self._fence)
-        return Granted(self._fence)
+        return Granted(self._fence, None)
 
     def _release(self, key: str, token: str) -> bool:
         if self._owned(key, token, _now()) is None:
@@ -82,7 +83,7 @@ class _MemoryContender:
         self._ttl = ttl
         self._signal: Signal | None = None
 
-    async def attempt(self) -> Granted | Busy:
+    async def attempt(self) -> Granted[None] | Busy:
         await anyio.lowlevel.checkpoint()
         if self._signal is not None:
             self._signal.clear()
@@ -94,7 +95,7 @@ class _MemoryContender:
             self._store._waiters.setdefault(self._key, set()).add(self._signal)
         return await self._signal.wait(timeout)
 
-    async def close(self, granted: Granted | None) -> None:
+    async def close(self, granted: Granted[None] | None) -> None:
         # Attempts are atomic (the checkpoint comes before the change), so there is nothing to undo.
         signal, self._signal = self._signal, None
         if signal is not None:
@@ -117,11 +118,11 @@ class _MemoryDriver:
     def contender(self, key: str, token: str, ttl: float) -> _MemoryContender:
         return _MemoryContender(self.store, key, token, ttl)
 
-    async def release(self, key: str, token: str, handle: object) -> bool:
+    async def release(self, key: str, token: str, handle: None) -> bool:
         await anyio.lowlevel.checkpoint()
         return self.store._release(key, token)
 
-    async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
+    async def extend(self, key: str, token: str, handle: None, ttl: float) -> bool:
         await anyio.lowlevel.checkpoint()
         now = _now()
         entry = self.store._owned(key, token, now)
@@ -130,7 +131,7 @@ class _MemoryDriver:
         entry.expires_at = now + ttl
         return True
 
-    async def remaining(self, key: str, token: str, handle: object) -> float:
+    async def remaining(self, key: str, token: str, handle: None) -> float:
         await anyio.lowlevel.checkpoint()
         now = _now()
         entry = self.store._owned(key, token, now)
@@ -149,7 +150,7 @@ class _MemoryDriver:
         await anyio.lowlevel.checkpoint()
 
 
-class MemoryLocker(LockerBase):
+class MemoryLocker(LockerBase[None]):
     """An in-process locker with the same semantics as the server backends.
 
     TTLs run on the event loop's clock; fencing tokens and wake on release work as on Redis and etcd.

@@ -191,7 +191,7 @@ class EtcdContender:
             if not renewal.cancelled():
                 renewal.exception()  # retrieved: it failed the attempt already, or does not matter now
 
-    async def attempt(self) -> Granted | Busy:
+    async def attempt(self) -> Granted[Held] | Busy:
         if self._grant is None:
             await self._new_lease()
         reply = await self._queued()
@@ -247,7 +247,7 @@ class EtcdContender:
         if watch is not None:
             self._driver.watches.cancel(watch)
 
-    async def close(self, granted: Granted | None) -> None:
+    async def close(self, granted: Granted[Held] | None) -> None:
         # Idempotent: ``_grant`` is forgotten only once the lease is dealt with, so a run cut short by a
         # cancellation is repeated in full.
         self._drop_watch()

@@ -16,9 +16,9 @@ import aetcd
 import grpc
 from aetcd import rpc
 
-from ..._core._driver import KeyState
 from ..._errors import BackendError
 from ..._options import EtcdOptions
+from ..._protocols import KeyState
 from .._compat_aetcd import Client, credentials_of
 from .channel import HASLEADER, authenticate, channel_options, dial, load_credentials, resolve_target, unary
 from .contender import EtcdContender, Held
@@ -336,12 +336,11 @@ class EtcdDriver:
         reply = await self.range(rpc.RangeRequest(key=held.key))
         return bool(reply.kvs) and reply.kvs[0].create_revision == held.revision and reply.kvs[0].lease == held.lease_id
 
-    async def release(self, key: str, token: str, handle: object) -> bool:
+    async def release(self, key: str, token: str, handle: Held) -> bool:
         """Delete our key if it is still ours (one txn), and keep its lease for the next obtain.
 
         Idempotent: a second run finds the key gone and revokes the lease instead.
         """
-        assert isinstance(handle, Held)
         # Not repeatable: a second try after an applied first one would find the key gone and say "not ours".
         reply = await self.txn(leave_queue(handle.key, handle.revision, handle.lease_id), repeatable=False)
         if reply.succeeded and self.put_spare(handle.lease_ttl, handle.lease_id, handle.expires_at):
@@ -380,8 +379,7 @@ class EtcdDriver:
         spares.append((lease_id, expires_at))
         return True
 
-    async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
-        assert isinstance(handle, Held)
+    async def extend(self, key: str, token: str, handle: Held, ttl: float) -> bool:
         sent = asyncio.get_running_loop().time()
         lease_ttl = await self.keep_alive(handle.lease_id)
         if lease_ttl <= 0:
@@ -393,8 +391,7 @@ class EtcdDriver:
         await self.revoke(handle.lease_id)
         return False
 
-    async def remaining(self, key: str, token: str, handle: object) -> float:
-        assert isinstance(handle, Held)
+    async def remaining(self, key: str, token: str, handle: Held) -> float:
         reply = await self.lease_time_to_live(handle.lease_id, keys=True)
         if reply.TTL < 0 or handle.key not in reply.keys:
             return 0.0

@@ -10,6 +10,7 @@ from ..._core._locker import LockerBase
 from ..._options import EtcdOptions, Options
 from ..._validate import check_str
 from .config import check_client_options, parse_endpoints, parse_url
+from .contender import Held
 from .driver import EtcdDriver
 
 __all__ = ["EtcdLocker"]
@@ -18,7 +19,7 @@ __all__ = ["EtcdLocker"]
 _E = TypeVar("_E", bound="EtcdLocker")
 
 
-class EtcdLocker(LockerBase):
+class EtcdLocker(LockerBase[Held]):
     """Locks in etcd, compatible with etcd's Go ``concurrency.Mutex`` and ``etcdctl lock``.
 
     Each obtained lock has a lease of its own, and its key ``<namespace><key>/<lease ID in hex>`` is

@@ -34,7 +34,7 @@ class RedisContender:
         self._signal: Signal | None = None
         self._uncertain = False
 
-    async def attempt(self) -> Granted | Busy:
+    async def attempt(self) -> Granted[None] | Busy:
         subscriber, channel, signal = self._driver.subscriber, self._keys.lock, self._signal
         if signal is not None:
             signal.clear()
@@ -65,7 +65,7 @@ class RedisContender:
                 except BaseException:
                     self._uncertain = True  # close() releases the lock we just took
                     raise
-            return Granted(int(reply[1]))
+            return Granted(int(reply[1]), None)
         pttl = int(reply[1])
         return Busy(pttl / 1000 if pttl >= 0 else None)
 
@@ -82,7 +82,7 @@ class RedisContender:
                 return signal.is_set()
         return await signal.wait(timeout)
 
-    async def close(self, granted: Granted | None) -> None:
+    async def close(self, granted: Granted[None] | None) -> None:
         signal, self._signal = self._signal, None
         if signal is not None:
             others_wait = await self._driver.subscriber.leave(self._keys.lock, signal, confirm=granted is None)

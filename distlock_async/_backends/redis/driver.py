@@ -9,8 +9,8 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
-from ..._core._driver import KeyState
 from ..._errors import BackendError
+from ..._protocols import KeyState
 from .._compat_redis import initialization_due
 from .config import RedisConfig
 from .contender import RedisContender
@@ -145,7 +145,7 @@ class RedisDriver:
                 raise BackendError(f"redis answered an error: {exc}") from exc
         raise BackendError(f"redis cluster kept redirecting {lock_key!r}")
 
-    async def release(self, key: str, token: str, handle: object) -> bool:
+    async def release(self, key: str, token: str, handle: None) -> bool:
         return await self.release_key(Keys(self.namespace, key).lock, token)
 
     async def release_key(self, lock_key: str, token: str) -> bool:
@@ -154,11 +154,11 @@ class RedisDriver:
             self.subscriber.released(lock_key)
         return released
 
-    async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
+    async def extend(self, key: str, token: str, handle: None, ttl: float) -> bool:
         lock_key = Keys(self.namespace, key).lock
         return int(await self.run(EXTEND, lock_key, (lock_key,), (token, ms(ttl)))) == 1
 
-    async def remaining(self, key: str, token: str, handle: object) -> float:
+    async def remaining(self, key: str, token: str, handle: None) -> float:
         lock_key = Keys(self.namespace, key).lock
         pttl = int(await self.run(REMAINING, lock_key, (lock_key,), (token,)))
         return max(pttl, 0) / 1000
