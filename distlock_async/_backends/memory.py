@@ -5,9 +5,9 @@ import asyncio
 import anyio
 import anyio.lowlevel
 
+from .._core._aio import Signal
 from .._core._driver import Busy, Granted
 from .._core._locker import LockerBase
-from .._core._signal import Signal
 from .._options import Options
 from .._protocols import KeyState
 

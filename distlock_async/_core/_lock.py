@@ -10,8 +10,8 @@ from types import TracebackType
 from typing import Generic
 
 from .._errors import LockNotHeldError
+from ._aio import finish
 from ._driver import Driver, H
-from ._shield import finish
 
 logger = logging.getLogger("distlock_async")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import sys
 from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -17,9 +16,9 @@ from .._errors import LockLostError, LockNotHeldError, NotObtainedError
 from .._options import Options
 from .._protocols import KeyState
 from .._validate import check_count, check_key, check_seconds
+from ._aio import finish, reraise_swallowed_cancel
 from ._driver import Contender, Driver, Granted, H, Inspector
 from ._lock import Binding, HeldLock
-from ._shield import finish
 
 logger = logging.getLogger("distlock_async")
 
@@ -28,21 +27,6 @@ _Self = TypeVar("_Self", bound="LockerBase[Any]")
 #: The shortest sleep before retrying when the holder's lock is about to expire: keeps a waiter from
 #: spinning on a lock that the server reports as 0 ms from expiry.
 _MIN_EXPIRY_WAIT = 0.001
-
-
-def _reraise_swallowed_cancel() -> None:
-    """Raise the cancellation that a client library swallowed while this task waited.
-
-    ``asyncio.wait_for`` on Python 3.11 returns normally when a cancellation lands just as the inner
-    operation completes; redis-py uses it for every socket write with a ``socket_timeout`` (Sentinel
-    discovery, pub/sub). A waiter that ignored its cancellation would go on contending for a lock that
-    nobody wants any more, so the retry loop checks the task's pending cancellation requests itself.
-    Python 3.10 cannot tell (it has no ``Task.cancelling``).
-    """
-    if sys.version_info >= (3, 11):
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
 
 
 class _Settings:
@@ -169,7 +153,7 @@ class LockerBase(Generic[H]):
             outcome = await contender.attempt()
             if isinstance(outcome, Granted):
                 return outcome
-            _reraise_swallowed_cancel()
+            reraise_swallowed_cancel()
             if retries == 0:
                 raise NotObtainedError(key)
             now = loop.time()
@@ -181,7 +165,7 @@ class LockerBase(Generic[H]):
                 await contender.wait(delay)
             else:
                 await asyncio.sleep(0)
-            _reraise_swallowed_cancel()
+            reraise_swallowed_cancel()
             now = loop.time()
             if now >= next_slot:
                 retries -= 1

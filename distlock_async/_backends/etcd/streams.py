@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from ..._core._signal import Signal
+from ..._core._aio import Signal
 from ..._errors import BackendError
 
 __all__ = ["KeepAlives", "StreamFailed", "Watch", "Watches"]

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import anyio.lowlevel
 
+from ..._core._aio import Signal
 from ..._core._driver import Busy, Granted
-from ..._core._signal import Signal
 from ..._errors import BackendError
 from .scripts import OBTAIN, UNRESERVE, Keys, ms
 from .wire import NotSent

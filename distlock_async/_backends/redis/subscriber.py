@@ -8,8 +8,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..._core._signal import Signal
-from .wire import CLIENT_ERRORS, cancel_and_wait
+from ..._core._aio import Signal, cancel_and_wait
+from .wire import CLIENT_ERRORS
 
 __all__ = ["Queue", "Subscriber"]
 

@@ -29,10 +29,11 @@ import anyio
 import redis.asyncio
 import redis.exceptions
 
+from ..._core._aio import cancel_and_wait, retrieve
 from ..._errors import BackendError
 from .._compat_redis import close_now, peer_closed, write_now
 
-__all__ = ["CLIENT_ERRORS", "Mux", "NotSent", "cancel_and_wait", "disconnect", "retrieve"]
+__all__ = ["CLIENT_ERRORS", "Mux", "NotSent", "disconnect"]
 
 logger = logging.getLogger("distlock_async")
 
@@ -216,20 +217,6 @@ class Mux:
 
     def __repr__(self) -> str:
         return f"<redis lock connection to {self._name}>"
-
-
-async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` and wait for it to end; the caller's own cancellation still propagates."""
-    if task is not None:
-        task.cancel()
-        await asyncio.wait({task})
-        if not task.cancelled():
-            task.result()
-
-
-def retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 async def disconnect(conn: Any) -> None:
