@@ -23,7 +23,6 @@ from typing import TextIO
 
 import anyio
 
-from ._core._locker import LockerBase
 from ._errors import BackendError, LockNotHeldError, NotObtainedError
 from ._protocols import Lock
 
@@ -239,10 +238,8 @@ async def _status(url: str, key: str, as_json: bool, out: TextIO) -> int:
     _refuse_memory(url, "status")
     locker = from_url(url)
     async with locker:
-        if not isinstance(locker, LockerBase):  # pragma: no cover - every locker of from_url is one
-            raise _UsageError(f"{type(locker).__name__} cannot show a lock's status")
         try:
-            state = await locker._inspect(key)
+            state = await locker.inspect(key)
         except NotImplementedError:
             raise _UsageError(f"the backend of {redact_url(url)} cannot show a lock's status yet") from None
     if as_json:

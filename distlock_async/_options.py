@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ._validate import MAX_SECONDS, check_count, check_seconds
+from ._validate import MAX_SECONDS, check_count, check_seconds, check_str, check_text
 
 __all__ = ["EtcdOptions", "Options"]
 
@@ -121,22 +121,15 @@ class EtcdOptions:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together: give both or neither")
         if self.server_name is not None:
-            _check_text("server_name", self.server_name)
+            check_text("server_name", self.server_name)
             if not self.tls:
                 raise ValueError("server_name needs tls=True (an etcds:// URL)")
         if self.username is not None:
-            _check_text("username", self.username)
-        if self.password is not None and not isinstance(self.password, str):
-            raise TypeError(f"password must be a str, not {type(self.password).__name__}")
+            check_text("username", self.username)
+        if self.password is not None:
+            check_str("password", self.password)
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together: give both or neither")
-
-
-def _check_text(name: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if not value:
-        raise ValueError(f"{name} must not be empty")
 
 
 Options.__module__ = EtcdOptions.__module__ = "distlock_async"

@@ -4,12 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Lock", "Locker", "Refresher"]
+__all__ = ["KeyState", "Lock", "Locker", "Refresher"]
 
 _L = TypeVar("_L", bound="Locker")
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """A key as the server sees it, whoever holds it: what :meth:`Locker.inspect` returns.
+
+    Attributes:
+        held: whether someone holds the lock now.
+        ttl: the holder's remaining seconds; ``None`` when the key is free, or held with no expiry
+            (a key written by hand).
+        fencing_counter: the number the next obtain's fencing token will exceed (the holder's token
+            while held on Redis and memory; etcd's revision when free); ``None`` when the backend keeps
+            none for the key right now.
+    """
+
+    held: bool
+    ttl: float | None
+    fencing_counter: int | None
 
 
 @runtime_checkable
@@ -159,6 +178,17 @@ class Locker(Protocol):
         """
         ...
 
+    async def inspect(self, key: str) -> KeyState:
+        """What the server knows about ``key``, held by anyone or free; it obtains nothing.
+
+        Raises:
+            BackendError: the server could not be reached or answered an error.
+            TypeError, ValueError: a bad key; the message names it.
+            RuntimeError: the locker is closed or bound to another event loop.
+            NotImplementedError: the backend cannot inspect keys.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Close the locker: stop every refresher it started and close a client it created itself.
 
@@ -178,6 +208,6 @@ class Locker(Protocol):
     ) -> None: ...
 
 
-for _cls in (Lock, Locker, Refresher):
+for _cls in (KeyState, Lock, Locker, Refresher):
     _cls.__module__ = "distlock_async"
 del _cls

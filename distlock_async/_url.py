@@ -2,9 +2,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from ._backends.etcd import EtcdLocker
 from ._backends.memory import MemoryLocker
-from ._backends.redis import RedisLocker
 from ._options import EtcdOptions, Options
 from ._protocols import Locker
 from ._validate import redact_url
@@ -49,8 +47,12 @@ def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOpti
     if scheme in ("redis", "rediss", "unix"):
         if etcd_options is not None:
             raise ValueError("etcd_options only apply to etcd:// and etcds:// URLs")
+        from ._backends.redis import RedisLocker  # imports redis-py: only when a Redis URL asks for it
+
         return RedisLocker.from_url(url, options)
     if scheme in ("etcd", "etcds"):
+        from ._backends.etcd import EtcdLocker  # imports aetcd and grpc: only when an etcd URL asks for it
+
         return EtcdLocker.from_url(url, options, etcd_options)
     raise ValueError(
         f"url scheme {scheme!r} is not supported; use redis://, rediss://, unix://, etcd://, etcds:// or memory://"

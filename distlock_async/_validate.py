@@ -26,6 +26,21 @@ def check_key(key: object) -> str:
     return key
 
 
+def check_str(name: str, value: object) -> str:
+    """A ``str`` (maybe empty)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+def check_text(name: str, value: object) -> str:
+    """A non-empty ``str``."""
+    text = check_str(name, value)
+    if not text:
+        raise ValueError(f"{name} must not be empty")
+    return text
+
+
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds (int or float), not {type(value).__name__}")

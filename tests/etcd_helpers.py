@@ -11,6 +11,7 @@ import aetcd
 from aetcd import rpc
 
 from distlock_async import EtcdLocker
+from distlock_async._backends.etcd.contender import Held
 from distlock_async._core._lock import HeldLock
 from distlock_async.testing.servers import etcd_metrics
 
@@ -24,9 +25,9 @@ class TracingEtcdLocker(EtcdLocker):
     granted: set[int]
     leftover_watches: int
 
-    async def _obtain(self, key: str, settings: Any) -> HeldLock:
+    async def _obtain(self, key: str, settings: Any) -> HeldLock[Held]:
         lock = await super()._obtain(key, settings)
-        self.granted.add(lock._handle.lease_id)  # type: ignore[attr-defined]
+        self.granted.add(lock._handle.lease_id)
         return lock
 
     async def aclose(self) -> None:

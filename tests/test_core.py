@@ -24,12 +24,12 @@ class ScriptedContender:
         self.grant_on = grant_on
         self.woken = woken
         self.attempts = 0
-        self.closed_with: list[Granted | None] = []
+        self.closed_with: list[Granted[None] | None] = []
 
-    async def attempt(self) -> Granted | Busy:
+    async def attempt(self) -> Granted[None] | Busy:
         await asyncio.sleep(0)
         self.attempts += 1
-        return Granted(self.attempts) if self.attempts >= self.grant_on else Busy(None)
+        return Granted(self.attempts, None) if self.attempts >= self.grant_on else Busy(None)
 
     async def wait(self, timeout: float) -> bool:
         if self.woken:
@@ -38,7 +38,7 @@ class ScriptedContender:
         await asyncio.sleep(timeout)
         return False
 
-    async def close(self, granted: Granted | None) -> None:
+    async def close(self, granted: Granted[None] | None) -> None:
         await asyncio.sleep(0)
         self.closed_with.append(granted)
 
@@ -55,15 +55,15 @@ class ScriptedDriver:
     def contender(self, key: str, token: str, ttl: float) -> ScriptedContender:
         return self.c
 
-    async def release(self, key: str, token: str, handle: object) -> bool:
+    async def release(self, key: str, token: str, handle: None) -> bool:
         await asyncio.sleep(0)
         return True
 
-    async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
+    async def extend(self, key: str, token: str, handle: None, ttl: float) -> bool:
         await asyncio.sleep(0)
         return True
 
-    async def remaining(self, key: str, token: str, handle: object) -> float:
+    async def remaining(self, key: str, token: str, handle: None) -> float:
         await asyncio.sleep(0)
         return 1.0
 
@@ -76,7 +76,7 @@ async def test_wake_ups_buy_extra_attempts_that_do_not_use_up_the_budget() -> No
     locker = LockerBase(ScriptedDriver(contender), Options(max_retries=1, retry_delay=60))
     lock = await locker.obtain("k")
     assert contender.attempts == 50  # 49 failed attempts, all woken before the one budgeted retry
-    assert contender.closed_with == [Granted(50)]
+    assert contender.closed_with == [Granted(50, None)]
     await lock.release()
 
 

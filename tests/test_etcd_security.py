@@ -28,7 +28,7 @@ import pytest
 import trustme
 
 from distlock_async import BackendError, EtcdLocker, EtcdOptions, NotObtainedError, Options, from_url
-from distlock_async._backends._etcd_io import Client
+from distlock_async._backends._compat_aetcd import Client
 from distlock_async.testing.servers import EtcdServer, etcd_metrics
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker

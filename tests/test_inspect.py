@@ -1,4 +1,4 @@
-"""The optional ``inspect`` driver method behind ``distlock status``, over every backend that has it."""
+"""``locker.inspect(key)``, behind ``distlock status``, over every backend."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import asyncio
 
 import pytest
 
-from distlock_async import MemoryLocker
-from distlock_async._core._driver import KeyState
-from distlock_async._core._locker import LockerBase
+from distlock_async import KeyState, MemoryLocker
 
 from .helpers import Backend
 
@@ -16,12 +14,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def inspect(backend: Backend, key: str) -> KeyState:
-    probe = backend.locker()
-    assert isinstance(probe, LockerBase)
-    try:
-        return await probe._inspect(key)
-    except NotImplementedError:
-        pytest.skip(f"the {backend.name} backend has no inspect()")
+    return await backend.locker().inspect(key)
 
 
 async def test_inspect_reports_free_held_and_a_rising_fencing_counter(backend: Backend) -> None:
@@ -63,4 +56,4 @@ async def test_a_driver_without_inspect_says_so() -> None:
 
     locker._driver = Bare()  # type: ignore[assignment]
     with pytest.raises(NotImplementedError, match="MemoryLocker cannot inspect"):
-        await locker._inspect("k")
+        await locker.inspect("k")

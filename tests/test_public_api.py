@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +20,7 @@ SPEC_NAMES = {
     "Options",
     "EtcdOptions",
     "EtcdLocker",
+    "KeyState",  # what locker.inspect() returns (SPEC, "Knowing who holds what")
     "MemoryLocker",
     "MemoryStore",
     "RedisLocker",
@@ -68,3 +74,48 @@ def test_memory_locker_rejects_wrong_argument_types() -> None:
         distlock_async.MemoryLocker({"ttl": 1})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="store"):
         distlock_async.MemoryLocker(store={})  # type: ignore[arg-type]
+
+
+#: What a backend's client library brings in; none of it belongs in ``import distlock_async``.
+CLIENT_MODULES = ("redis", "hiredis", "grpc", "aetcd")
+
+
+def _imported_by(code: str) -> list[str]:
+    """The client modules (top-level names) that are imported after running ``code`` in a fresh interpreter."""
+    source_root = str(Path(distlock_async.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source_root, os.environ.get("PYTHONPATH", "")])}
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.partition('.')[0] for m in sys.modules}})))"
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    return [name for name in CLIENT_MODULES if name in loaded]
+
+
+def test_import_loads_no_client_library() -> None:
+    assert _imported_by("import distlock_async, distlock_async.testing.pytest_plugin") == []
+
+
+def test_memory_locker_loads_no_client_library() -> None:
+    code = "import asyncio, distlock_async\nasyncio.run(distlock_async.from_url('memory://').aclose())"
+    assert _imported_by(code) == []
+
+
+def test_a_backend_loads_its_own_client_library_only() -> None:
+    redis_only = _imported_by("import distlock_async; distlock_async.RedisLocker")
+    assert "redis" in redis_only
+    assert not {"grpc", "aetcd"} & set(redis_only)
+    etcd_only = _imported_by("from distlock_async import EtcdLocker")
+    assert {"grpc", "aetcd"} <= set(etcd_only)
+    assert "redis" not in etcd_only
+
+
+def test_lazy_names_are_the_backends_classes() -> None:
+    from distlock_async._backends.etcd import EtcdLocker
+    from distlock_async._backends.redis import RedisLocker
+
+    assert distlock_async.RedisLocker is RedisLocker
+    assert distlock_async.EtcdLocker is EtcdLocker
+    assert {"EtcdLocker", "RedisLocker", "__version__"} <= set(dir(distlock_async))
+    assert isinstance(distlock_async.__version__, str)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        distlock_async.Nope  # type: ignore[attr-defined]

@@ -5,10 +5,11 @@ import asyncio
 import anyio
 import anyio.lowlevel
 
-from .._core._driver import Busy, Granted, KeyState
+from .._core._aio import Signal
+from .._core._driver import Busy, Granted
 from .._core._locker import LockerBase
-from .._core._signal import Signal
 from .._options import Options
+from .._protocols import KeyState
 
 __all__ = ["MemoryLocker", "MemoryStore"]
 
@@ -55,7 +56,7 @@ class MemoryStore:
         entry = self._live(key, now)
         return entry if entry is not None and entry.token == token else None
 
-    def _try_acquire(self, key: str, token: str, ttl: float, me: Signal) -> Granted | Busy:
+    def _try_acquire(self, key: str, token: str, ttl: float, me: Signal) -> Granted[None] | Busy:
         now = _now()
         entry = self._live(key, now)
         queue = self._queues.get(key)
@@ -63,7 +64,7 @@ class MemoryStore:
             self._leave(key, me)
             self._fence += 1
             self._held[key] = _Entry(token, now + ttl, self._fence)
-            return Granted(self._fence)
+            return Granted(self._fence, None)
         self._queues.setdefault(key, {}).setdefault(me, None)  # keeps its place if queued already
         # A free key is the head's: the others sleep until their retry slot or the head's release.
         return Busy(holder_ttl=None if entry is None else entry.expires_at - now)
@@ -105,7 +106,7 @@ class _MemoryContender:
         #: Its place in the key's queue, and what a release sets to wake it.
         self._signal = Signal()
 
-    async def attempt(self) -> Granted | Busy:
+    async def attempt(self) -> Granted[None] | Busy:
         await anyio.lowlevel.checkpoint()
         self._signal.clear()
         return self._store._try_acquire(self._key, self._token, self._ttl, self._signal)
@@ -113,7 +114,7 @@ class _MemoryContender:
     async def wait(self, timeout: float) -> bool:
         return await self._signal.wait(timeout)
 
-    async def close(self, granted: Granted | None) -> None:
+    async def close(self, granted: Granted[None] | None) -> None:
         # Attempts are atomic (the checkpoint comes before the change), so there is nothing to undo
         # but our place in the queue.
         self._store._leave(self._key, self._signal)
@@ -132,11 +133,11 @@ class _MemoryDriver:
     def contender(self, key: str, token: str, ttl: float) -> _MemoryContender:
         return _MemoryContender(self.store, key, token, ttl)
 
-    async def release(self, key: str, token: str, handle: object) -> bool:
+    async def release(self, key: str, token: str, handle: None) -> bool:
         await anyio.lowlevel.checkpoint()
         return self.store._release(key, token)
 
-    async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
+    async def extend(self, key: str, token: str, handle: None, ttl: float) -> bool:
         await anyio.lowlevel.checkpoint()
         now = _now()
         entry = self.store._owned(key, token, now)
@@ -145,7 +146,7 @@ class _MemoryDriver:
         entry.expires_at = now + ttl
         return True
 
-    async def remaining(self, key: str, token: str, handle: object) -> float:
+    async def remaining(self, key: str, token: str, handle: None) -> float:
         await anyio.lowlevel.checkpoint()
         now = _now()
         entry = self.store._owned(key, token, now)
@@ -164,7 +165,7 @@ class _MemoryDriver:
         await anyio.lowlevel.checkpoint()
 
 
-class MemoryLocker(LockerBase):
+class MemoryLocker(LockerBase[None]):
     """An in-process locker with the same semantics as the server backends.
 
     TTLs run on the event loop's clock; fencing tokens and wake on release work as on Redis and etcd.

@@ -3,10 +3,12 @@
 A backend is a :class:`Driver`. For each ``obtain`` the core asks it for a :class:`Contender`, calls
 :meth:`Contender.attempt` until one returns :class:`Granted` or the retry budget is spent, sleeping in
 :meth:`Contender.wait` between attempts, and always ends with :meth:`Contender.close`. The held lock then
-talks to the driver through ``release``/``extend``/``remaining`` with the ``handle`` of its grant.
+talks to the driver through ``release``/``extend``/``remaining`` with the ``handle`` of its grant; the
+contract is generic over the handle's type (``None`` for a backend that needs none), so a driver gets
+back exactly what its contender granted.
 
 A driver may also have ``inspect`` (see :class:`Inspector`): what the server knows about a key that
-the caller does not hold, for ``distlock status``. It is optional, so that a backend can ship without it.
+the caller does not hold, behind ``locker.inspect()``. It is optional, so that a backend can ship without it.
 
 Drivers translate their client's errors into ``BackendError`` themselves. Every ``async def`` is a
 checkpoint. ``Contender.close``, ``Driver.release`` may run twice for one lock (a cancelled first run
@@ -16,15 +18,20 @@ is repeated in a shielded task), so both must be idempotent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+from .._protocols import KeyState
+
+#: What a driver keeps about one held lock (an etcd lease, say); ``None`` for drivers that need nothing.
+H = TypeVar("H")
 
 
 @dataclass(frozen=True)
-class Granted:
+class Granted(Generic[H]):
     """The lock is ours. ``handle`` is whatever the driver needs later (an etcd lease, say)."""
 
     fencing_token: int
-    handle: object = None
+    handle: H
 
 
 @dataclass(frozen=True)
@@ -34,24 +41,10 @@ class Busy:
     holder_ttl: float | None = None
 
 
-@dataclass(frozen=True)
-class KeyState:
-    """A key as the backend sees it from outside: ``distlock status``.
-
-    ``ttl`` is the holder's remaining seconds (``None`` when free). ``fencing_counter`` is the counter
-    that the next obtain's fencing token will exceed (the holder's token while held on Redis and memory),
-    or ``None`` when the backend keeps none for the key right now.
-    """
-
-    held: bool
-    ttl: float | None
-    fencing_counter: int | None
-
-
-class Contender(Protocol):
+class Contender(Protocol[H]):
     """One ``obtain`` call's presence on the server: what it wrote, what it watches."""
 
-    async def attempt(self) -> Granted | Busy:
+    async def attempt(self) -> Granted[H] | Busy:
         """Try to take the lock once."""
         ...
 
@@ -64,12 +57,12 @@ class Contender(Protocol):
         """
         ...
 
-    async def close(self, granted: Granted | None) -> None:
+    async def close(self, granted: Granted[H] | None) -> None:
         """Stop listening; if nothing was granted, undo anything an attempt may have written."""
         ...
 
 
-class Driver(Protocol):
+class Driver(Protocol[H]):
     """A backend as the core sees it."""
 
     #: Upper bound, in seconds, on one shielded cleanup (a release or an undo) once cancelled.
@@ -80,17 +73,17 @@ class Driver(Protocol):
         cannot keep it as asked. Refreshes are spaced by this, not by ``ttl``."""
         ...
 
-    def contender(self, key: str, token: str, ttl: float) -> Contender: ...
+    def contender(self, key: str, token: str, ttl: float) -> Contender[H]: ...
 
-    async def release(self, key: str, token: str, handle: object) -> bool:
+    async def release(self, key: str, token: str, handle: H) -> bool:
         """Delete the lock if ``token`` still owns it; ``False`` if it did not."""
         ...
 
-    async def extend(self, key: str, token: str, handle: object, ttl: float) -> bool:
+    async def extend(self, key: str, token: str, handle: H, ttl: float) -> bool:
         """Reset the lock's remaining time to ``ttl`` if ``token`` still owns it; ``False`` if it did not."""
         ...
 
-    async def remaining(self, key: str, token: str, handle: object) -> float:
+    async def remaining(self, key: str, token: str, handle: H) -> float:
         """Seconds left on the lock if ``token`` still owns it, else ``0.0``."""
         ...
 

@@ -1,3 +1,5 @@
+"""The one concrete ``Lock`` and its refresher, and what they share with the locker that made them."""
+
 from __future__ import annotations
 
 import asyncio
@@ -5,26 +7,51 @@ import inspect
 import logging
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Generic
 
 from .._errors import LockNotHeldError
-from ._shield import finish
-
-if TYPE_CHECKING:
-    from ._locker import LockerBase
+from ._aio import finish
+from ._driver import Driver, H
 
 logger = logging.getLogger("distlock_async")
 
 
-class HeldLock:
+class Binding(Generic[H]):
+    """What the locks of one locker share with it, and all they know of it: its driver, whether it may
+    still be used, and the refreshers that its ``aclose()`` stops."""
+
+    __slots__ = ("closed", "driver", "loop", "owner", "refreshers")
+
+    def __init__(self, driver: Driver[H], owner: str) -> None:
+        self.driver = driver
+        #: The locker's class name, for messages.
+        self.owner = owner
+        self.closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.refreshers: set[RefreshTask[H]] = set()
+
+    def check_usable(self) -> None:
+        """``RuntimeError`` if the locker is closed or bound to another event loop than the running one."""
+        if self.closed:
+            raise RuntimeError(f"{self.owner} is closed")
+        loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = loop
+        elif self.loop is not loop:
+            raise RuntimeError(
+                f"{self.owner} is bound to the event loop it was first used in; create one locker per event loop"
+            )
+
+
+class HeldLock(Generic[H]):
     """A held lock; its contract is documented on the ``distlock_async.Lock`` protocol."""
 
     __slots__ = (
+        "_binding",
         "_fencing_token",
         "_handle",
         "_interval",
         "_key",
-        "_locker",
         "_refresher",
         "_released",
         "_token",
@@ -33,15 +60,15 @@ class HeldLock:
 
     def __init__(
         self,
-        locker: LockerBase,
+        binding: Binding[H],
         key: str,
         token: str,
         fencing_token: int,
-        handle: object,
+        handle: H,
         ttl: float,
         interval: float,
     ) -> None:
-        self._locker = locker
+        self._binding = binding
         self._key = key
         self._token = token
         self._fencing_token = fencing_token
@@ -49,7 +76,7 @@ class HeldLock:
         self._ttl = ttl
         self._interval = interval
         self._released = False
-        self._refresher: RefreshTask | None = None
+        self._refresher: RefreshTask[H] | None = None
 
     @property
     def key(self) -> str:
@@ -68,14 +95,14 @@ class HeldLock:
         return f"<distlock_async.Lock key={self._key!r} fencing_token={self._fencing_token} {state}>"
 
     async def release(self) -> None:
-        self._locker._check_usable()
+        self._binding.check_usable()
         if self._released:
             await asyncio.sleep(0)
             raise LockNotHeldError(self._key, f"lock {self._key!r} was already released")
         self._released = True
         owned = await finish(
             self._stop_refresher_and_release,
-            timeout=self._locker._driver.cleanup_timeout,
+            timeout=self._binding.driver.cleanup_timeout,
             what=f"release of lock {self._key!r}",
         )
         if not owned:
@@ -85,27 +112,27 @@ class HeldLock:
         # Idempotent as a whole, so that ``finish`` can run it again after a cancellation.
         if self._refresher is not None:
             await self._refresher.stop()
-        return await self._locker._driver.release(self._key, self._token, self._handle)
+        return await self._binding.driver.release(self._key, self._token, self._handle)
 
     async def refresh(self) -> None:
-        self._locker._check_usable()
+        self._binding.check_usable()
         if self._released:
             await asyncio.sleep(0)
             raise LockNotHeldError(self._key, f"lock {self._key!r} was released")
-        if not await self._locker._driver.extend(self._key, self._token, self._handle, self._ttl):
+        if not await self._binding.driver.extend(self._key, self._token, self._handle, self._ttl):
             raise LockNotHeldError(self._key)
 
     async def ttl(self) -> float:
-        self._locker._check_usable()
+        self._binding.check_usable()
         if self._released:
             await asyncio.sleep(0)
             return 0.0
-        return await self._locker._driver.remaining(self._key, self._token, self._handle)
+        return await self._binding.driver.remaining(self._key, self._token, self._handle)
 
-    def start_refresh(self, on_error: Callable[[BaseException], object] | None = None) -> RefreshTask:
+    def start_refresh(self, on_error: Callable[[BaseException], object] | None = None) -> RefreshTask[H]:
         if on_error is not None and not callable(on_error):
             raise TypeError(f"on_error must be callable or None, not {type(on_error).__name__}")
-        self._locker._check_usable()
+        self._binding.check_usable()
         if self._released:
             raise LockNotHeldError(self._key, f"lock {self._key!r} was released")
         if self._refresher is not None and self._refresher.running:
@@ -113,7 +140,7 @@ class HeldLock:
         self._refresher = RefreshTask(self, on_error)
         return self._refresher
 
-    async def __aenter__(self) -> HeldLock:
+    async def __aenter__(self) -> HeldLock[H]:
         # Deliberately not a checkpoint: in ``async with await locker.obtain(k):`` a cancellation landing
         # here would skip ``__aexit__`` and leave the lock held until its TTL.
         return self
@@ -133,18 +160,18 @@ class HeldLock:
             logger.warning("release of lock %r failed after its body raised", self._key, exc_info=True)
 
 
-class RefreshTask:
+class RefreshTask(Generic[H]):
     """The handle of a ``start_refresh`` task; contract on the ``distlock_async.Refresher`` protocol."""
 
     __slots__ = ("_lock", "_on_error", "_stopping", "_task")
 
-    def __init__(self, lock: HeldLock, on_error: Callable[[BaseException], object] | None) -> None:
+    def __init__(self, lock: HeldLock[H], on_error: Callable[[BaseException], object] | None) -> None:
         self._lock = lock
         self._on_error = on_error
         self._stopping = False
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name=f"distlock_async: refresh {lock.key!r}")
-        refreshers = lock._locker._refreshers
+        refreshers = lock._binding.refreshers
         refreshers.add(self)
         self._task.add_done_callback(lambda _: refreshers.discard(self))
 

@@ -1,50 +1,40 @@
+"""The locker every backend shares: argument checks, the retry loop with wake on release, cleanup of an
+obtain, ``lock()`` and ``aclose()``. A backend subclasses :class:`LockerBase` with its driver."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
-import sys
 from functools import partial
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 from .._errors import LockLostError, LockNotHeldError, NotObtainedError
 from .._options import Options
+from .._protocols import KeyState
 from .._validate import check_count, check_key, check_seconds
-from ._driver import Contender, Driver, Granted, Inspector, KeyState
-from ._lock import HeldLock, RefreshTask
-from ._shield import finish
+from ._aio import finish, reraise_swallowed_cancel
+from ._driver import Contender, Driver, Granted, H, Inspector
+from ._lock import Binding, HeldLock
 
 logger = logging.getLogger("distlock_async")
 
-_Self = TypeVar("_Self", bound="LockerBase")
+_Self = TypeVar("_Self", bound="LockerBase[Any]")
 
 #: The shortest sleep before retrying when the holder's lock is about to expire: keeps a waiter from
 #: spinning on a lock that the server reports as 0 ms from expiry.
 _MIN_EXPIRY_WAIT = 0.001
 
 
-def _reraise_swallowed_cancel() -> None:
-    """Raise the cancellation that a client library swallowed while this task waited.
-
-    ``asyncio.wait_for`` on Python 3.11 returns normally when a cancellation lands just as the inner
-    operation completes; redis-py uses it for every socket write with a ``socket_timeout`` (Sentinel
-    discovery, pub/sub). A waiter that ignored its cancellation would go on contending for a lock that
-    nobody wants any more, so the retry loop checks the task's pending cancellation requests itself.
-    Python 3.10 cannot tell (it has no ``Task.cancelling``).
-    """
-    if sys.version_info >= (3, 11):
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
-
-
 class _Settings:
     __slots__ = ("interval", "max_retries", "retry_delay", "ttl")
 
-    def __init__(self, options: Options, driver: Driver, ttl: object, max_retries: object, retry_delay: object) -> None:
+    def __init__(
+        self, options: Options, driver: Driver[H], ttl: object, max_retries: object, retry_delay: object
+    ) -> None:
         self.ttl = options.ttl if ttl is None else check_seconds("ttl", ttl)
         self.max_retries = options.max_retries if max_retries is None else check_count("max_retries", max_retries)
         self.retry_delay = (
@@ -54,18 +44,16 @@ class _Settings:
         self.interval = options.interval_for(driver.lifetime(self.ttl))
 
 
-class LockerBase:
+class LockerBase(Generic[H]):
     """What every backend's locker does; the contract is on the ``distlock_async.Locker`` protocol."""
 
-    def __init__(self, driver: Driver, options: Options | None) -> None:
+    def __init__(self, driver: Driver[H], options: Options | None) -> None:
         if options is not None and not isinstance(options, Options):
             raise TypeError(f"options must be distlock_async.Options or None, not {type(options).__name__}")
         self._driver = driver
         self._options = options or Options()
-        self._closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._refreshers: set[RefreshTask] = set()
-        self._contexts: set[LockContext] = set()
+        self._binding = Binding(driver, type(self).__name__)
+        self._contexts: set[LockContext[H]] = set()
 
     @property
     def options(self) -> Options:
@@ -73,16 +61,7 @@ class LockerBase:
         return self._options
 
     def _check_usable(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{type(self).__name__} is closed")
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError(
-                f"{type(self).__name__} is bound to the event loop it was first used in; "
-                "create one locker per event loop"
-            )
+        self._binding.check_usable()
 
     async def obtain(
         self,
@@ -91,7 +70,7 @@ class LockerBase:
         ttl: float | None = None,
         max_retries: int | None = None,
         retry_delay: float | None = None,
-    ) -> HeldLock:
+    ) -> HeldLock[H]:
         check_key(key)
         settings = _Settings(self._options, self._driver, ttl, max_retries, retry_delay)
         self._check_usable()
@@ -104,16 +83,11 @@ class LockerBase:
         ttl: float | None = None,
         max_retries: int | None = None,
         retry_delay: float | None = None,
-    ) -> LockContext:
+    ) -> LockContext[H]:
         check_key(key)
         return LockContext(self, key, _Settings(self._options, self._driver, ttl, max_retries, retry_delay))
 
-    async def _inspect(self, key: str) -> KeyState:
-        """What the backend knows about ``key``, held by anyone or free (``distlock status``).
-
-        Raises:
-            NotImplementedError: this backend cannot inspect keys (the driver method is optional).
-        """
+    async def inspect(self, key: str) -> KeyState:
         check_key(key)
         self._check_usable()
         if not isinstance(self._driver, Inspector):
@@ -121,13 +95,13 @@ class LockerBase:
         return await self._driver.inspect(key)
 
     async def aclose(self) -> None:
-        if self._closed:
+        if self._binding.closed:
             await asyncio.sleep(0)
             return
-        self._closed = True
+        self._binding.closed = True
         for context in list(self._contexts):
             context._lose(RuntimeError(f"{type(self).__name__} was closed while the lock was held"))
-        refreshers = list(self._refreshers)
+        refreshers = list(self._binding.refreshers)
         for refresher in refreshers:
             await refresher.stop()
         await self._driver.aclose()
@@ -144,11 +118,11 @@ class LockerBase:
     ) -> None:
         await self.aclose()
 
-    async def _obtain(self, key: str, settings: _Settings) -> HeldLock:
+    async def _obtain(self, key: str, settings: _Settings) -> HeldLock[H]:
         driver = self._driver
         token = secrets.token_hex(16)
         contender = driver.contender(key, token, settings.ttl)
-        granted: Granted | None = None
+        granted: Granted[H] | None = None
         try:
             granted = await self._contend(key, contender, settings)
         finally:
@@ -167,9 +141,11 @@ class LockerBase:
                         what=f"release of lock {key!r} after a failed obtain",
                     )
                 raise
-        return HeldLock(self, key, token, granted.fencing_token, granted.handle, settings.ttl, settings.interval)
+        return HeldLock(
+            self._binding, key, token, granted.fencing_token, granted.handle, settings.ttl, settings.interval
+        )
 
-    async def _contend(self, key: str, contender: Contender, settings: _Settings) -> Granted:
+    async def _contend(self, key: str, contender: Contender[H], settings: _Settings) -> Granted[H]:
         loop = asyncio.get_running_loop()
         retries = settings.max_retries
         next_slot = loop.time() + settings.retry_delay
@@ -177,7 +153,7 @@ class LockerBase:
             outcome = await contender.attempt()
             if isinstance(outcome, Granted):
                 return outcome
-            _reraise_swallowed_cancel()
+            reraise_swallowed_cancel()
             if retries == 0:
                 raise NotObtainedError(key)
             now = loop.time()
@@ -189,27 +165,27 @@ class LockerBase:
                 await contender.wait(delay)
             else:
                 await asyncio.sleep(0)
-            _reraise_swallowed_cancel()
+            reraise_swallowed_cancel()
             now = loop.time()
             if now >= next_slot:
                 retries -= 1
                 next_slot = now + settings.retry_delay
 
 
-class LockContext:
+class LockContext(Generic[H]):
     """``async with locker.lock(key) as lock:`` -- see ``distlock_async.Locker.lock``."""
 
     __slots__ = ("_key", "_lock", "_locker", "_loss", "_refresher", "_scope", "_settings")
 
-    def __init__(self, locker: LockerBase, key: str, settings: _Settings) -> None:
+    def __init__(self, locker: LockerBase[H], key: str, settings: _Settings) -> None:
         self._locker = locker
         self._key = key
         self._settings = settings
-        self._lock: HeldLock | None = None
+        self._lock: HeldLock[H] | None = None
         self._scope: anyio.CancelScope | None = None
         self._loss: BaseException | None = None
 
-    async def __aenter__(self) -> HeldLock:
+    async def __aenter__(self) -> HeldLock[H]:
         if self._lock is not None:
             raise RuntimeError("a locker.lock() context manager cannot be entered twice")
         locker = self._locker

@@ -21,7 +21,8 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
-from distlock_async import EtcdLocker, Locker, MemoryLocker, RedisLocker
+import distlock_async
+from distlock_async import Locker, MemoryLocker
 
 from .servers import EtcdServer, RedisServer, ServerMissing
 
@@ -78,7 +79,9 @@ async def distlock_memory_locker() -> AsyncIterator[Locker]:
 async def distlock_redis_locker(distlock_redis_server: RedisServer) -> AsyncIterator[Locker]:
     """A locker on the session's Redis, in a namespace of its own, closed after the test."""
     namespace = f"test{next(_namespaces)}"
-    async with RedisLocker.from_url(distlock_redis_server.url, namespace=namespace) as locker:
+    # Through the facade, here and not at the top: pytest loads this plugin in every session of a project
+    # that installs distlock_async, and redis-py or aetcd should be imported only by tests that use them.
+    async with distlock_async.RedisLocker.from_url(distlock_redis_server.url, namespace=namespace) as locker:
         yield locker
 
 
@@ -86,5 +89,5 @@ async def distlock_redis_locker(distlock_redis_server: RedisServer) -> AsyncIter
 async def distlock_etcd_locker(distlock_etcd_server: EtcdServer) -> AsyncIterator[Locker]:
     """A locker on the session's etcd, in a namespace of its own, closed after the test."""
     namespace = f"test{next(_namespaces)}/"
-    async with EtcdLocker.from_url(distlock_etcd_server.url, namespace=namespace) as locker:
+    async with distlock_async.EtcdLocker.from_url(distlock_etcd_server.url, namespace=namespace) as locker:
         yield locker

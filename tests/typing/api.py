@@ -7,6 +7,7 @@ from distlock_async import (
     DistlockError,
     EtcdLocker,
     EtcdOptions,
+    KeyState,
     Lock,
     Locker,
     LockLostError,
@@ -82,3 +83,10 @@ async def construction() -> None:
     )
     tls_locker: Locker = from_url("etcds://u:p@10.0.0.1:2379?ca_file=ca.pem", etcd_options=secure)
     await tls_locker.aclose()
+
+
+async def status(locker: Locker) -> str:
+    state: KeyState = await locker.inspect("job")
+    left: float | None = state.ttl
+    counter: int | None = state.fencing_counter
+    return f"{state.held} {left} {counter}"

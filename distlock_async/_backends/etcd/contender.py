@@ -1,0 +1,280 @@
+"""One ``obtain`` on etcd: its lease, its key queued under the lock's name, the watch on the key ahead."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ..._core._driver import Busy, Granted
+from ..._errors import BackendError
+from .errors import code, is_lease_not_found
+from .queue import is_member, join_queue
+from .streams import Watch
+
+if TYPE_CHECKING:
+    from .driver import EtcdDriver
+
+__all__ = ["EtcdContender", "Held"]
+
+logger = logging.getLogger("distlock_async")
+
+
+#: Leases an obtain may find gone in a row (each replaced by a new grant) before it gives up.
+_LEASE_TRIES = 3
+
+
+def _new_lease_id() -> int:
+    # Chosen here rather than by etcd so that a grant whose answer never came can still be revoked.
+    return secrets.randbits(63) or 1
+
+
+class Held:
+    """The handle of a granted lock: its lease, its key, and when the lease ends at the earliest."""
+
+    __slots__ = ("expires_at", "key", "lease_id", "lease_ttl", "revision")
+
+    def __init__(self, lease_id: int, key: bytes, revision: int, expires_at: float, lease_ttl: int) -> None:
+        self.lease_id = lease_id
+        self.key = key
+        self.revision = revision
+        #: The TTL the lease was asked for: a released lock's lease is kept for the next lock of this TTL.
+        self.lease_ttl = lease_ttl
+        #: Event loop time: when the last grant or keep-alive was sent, plus the TTL it was answered with.
+        self.expires_at = expires_at
+
+
+class EtcdContender:
+    """One ``obtain``: a lease, a key queued under the lock's name, a watch on the key just ahead of it."""
+
+    __slots__ = (
+        "_driver",
+        "_expires_at",
+        "_grant",
+        "_kept_alive_at",
+        "_key",
+        "_lease_id",
+        "_lease_ttl",
+        "_own",
+        "_prefix",
+        "_renewal",
+        "_reused",
+        "_revision",
+        "_token",
+        "_watch",
+    )
+
+    def __init__(self, driver: EtcdDriver, key: str, token: str, ttl: float) -> None:
+        self._driver = driver
+        self._key = key
+        self._token = token
+        self._prefix = f"{driver.namespace}{key}/".encode()
+        self._lease_ttl = driver.lease_ttl(ttl)
+        self._lease_id = 0
+        self._grant: asyncio.Future[int] | None = None
+        self._renewal: asyncio.Task[None] | None = None
+        self._reused = False
+        self._own = b""
+        self._revision = 0
+        self._kept_alive_at = 0.0
+        self._expires_at = 0.0
+        self._watch: Watch | None = None
+
+    async def _new_lease(self, *, reuse: bool = True) -> None:
+        driver = self._driver
+        self._drop_watch()
+        await self._end_renewal()  # of a reused lease that turned out to be gone
+        self._revision = 0
+        loop = asyncio.get_running_loop()
+        spare = driver.take_spare(self._lease_ttl, loop.time()) if reuse else None
+        self._reused = spare is not None
+        if spare is not None:
+            # The lease of a lock this locker released, with at least half its TTL left: no grant (a raft
+            # write) needed. A keep-alive on the open stream resets it to its full TTL, sent now and
+            # awaited after the obtain's txn, so both travel at once. It is ours from here on: close()
+            # revokes it.
+            self._lease_id, self._expires_at = spare
+            self._own = self._prefix + f"{self._lease_id:x}".encode()
+            self._grant = done = loop.create_future()
+            done.set_result(0)  # the lease exists already: nothing for close() to wait for
+            self._kept_alive_at = self._expires_at - self._lease_ttl
+            self._renewal = loop.create_task(
+                self._renew(self._lease_id), name=f"distlock_async: etcd lease renewal for {self._key!r}"
+            )
+            await asyncio.sleep(0)  # a checkpoint, as the grant path has
+            return
+        self._lease_id = lease_id = _new_lease_id()
+        self._own = self._prefix + f"{lease_id:x}".encode()
+        # The grant runs in a task of its own that a cancelled obtain leaves running, so that close()
+        # can wait for its outcome before revoking: a revoke that overtook the grant would leak the lease.
+        sent = loop.time()
+        self._grant = loop.create_task(
+            driver.grant(lease_id, self._lease_ttl), name=f"distlock_async: etcd lease grant for {self._key!r}"
+        )
+        granted_ttl = await asyncio.shield(self._grant)
+        self._kept_alive_at = sent
+        self._expires_at = sent + granted_ttl
+
+    async def _renew(self, lease_id: int) -> None:
+        sent = asyncio.get_running_loop().time()
+        ttl = await self._driver.keep_alive(lease_id)
+        if lease_id == self._lease_id:
+            if ttl <= 0:
+                self._expires_at = 0.0  # gone: whatever the txn attached to it is gone or going
+            else:
+                self._kept_alive_at = sent
+                self._expires_at = sent + ttl
+
+    async def _renewed(self) -> None:
+        """Wait for the keep-alive that renews a reused lease (see ``_new_lease``); its error, if any."""
+        renewal = self._renewal
+        if renewal is not None:
+            await asyncio.wait({renewal})  # a cancellation of ours leaves it to close(), which ends it
+            self._renewal = None
+            renewal.result()
+
+    async def _alive(self) -> bool:
+        """Whether our lease is alive now, after a txn that attached our key to it.
+
+        It is while the last grant or keep-alive's answer says so (counted from when that was sent, so
+        etcd's count cannot have run out before ours). Past that -- a reused lease whose keep-alive
+        answered "gone", or a txn answered only after a stall longer than the lease -- a keep-alive
+        decides: a lease that expired took our key along, whatever the txn said.
+        """
+        await self._renewed()
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._expires_at:
+            return True
+        sent = loop.time()
+        ttl = await self._driver.keep_alive(self._lease_id)
+        if ttl <= 0:
+            return False
+        self._kept_alive_at = sent
+        self._expires_at = sent + ttl
+        return True
+
+    async def _queued(self) -> Any:
+        """Our key in the queue, attached to a live lease: the txn's reply.
+
+        A lease found gone -- it expired while we waited or during a stall, an operator revoked it, a
+        kept lease ran out -- is revoked for good measure (taking our key along, if the txn attached
+        it), and a newly granted one queues our key afresh; never a kept lease again, and the other
+        kept leases are distrusted (what took one likely took them all).
+        """
+        gone: BaseException = LookupError(f"lease {self._lease_id:x} not found")
+        for _ in range(_LEASE_TRIES):
+            try:
+                reply = await self._txn()
+                if await self._alive():
+                    return reply
+                gone = LookupError(f"lease {self._lease_id:x} answered a keep-alive with TTL 0")
+            except BackendError as exc:
+                if exc.__cause__ is None or not is_lease_not_found(exc.__cause__):
+                    raise
+                gone = exc.__cause__
+            logger.debug("lock %r: the lease of our key (%x) is gone; queueing again", self._key, self._lease_id)
+            if self._reused:
+                self._driver.distrust_spares()
+            await self._driver.revoke(self._lease_id)
+            await self._new_lease(reuse=False)
+        raise BackendError(f"etcd: the leases of lock {self._key!r} expired {_LEASE_TRIES} times in a row") from gone
+
+    async def _end_renewal(self) -> None:
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None:
+            if not renewal.done():
+                renewal.cancel()
+                await asyncio.wait({renewal})
+            if not renewal.cancelled():
+                renewal.exception()  # retrieved: it failed the attempt already, or does not matter now
+
+    async def attempt(self) -> Granted[Held] | Busy:
+        if self._grant is None:
+            await self._new_lease()
+        reply = await self._queued()
+        if reply.succeeded:
+            revision = reply.header.revision
+        else:
+            revision = reply.responses[0].response_range.kvs[0].create_revision
+        if revision != self._revision:
+            self._drop_watch()  # queued afresh: the key ahead of us is another one
+            self._revision = revision
+        first = reply.responses[1].response_range.kvs
+        if first and not is_member(self._prefix, first[0].key):
+            first = await self._driver.members(self._prefix, limit_one=True)
+        if first and first[0].create_revision == revision:
+            return Granted(revision, Held(self._lease_id, self._own, revision, self._expires_at, self._lease_ttl))
+        return Busy()
+
+    async def _txn(self) -> Any:
+        """Go's ``Mutex.tryAcquire``: queue our key unless it is queued already, and read the first key."""
+        return await self._driver.txn(join_queue(self._own, self._prefix, self._token, self._lease_id))
+
+    async def wait(self, timeout: float) -> bool:
+        driver = self._driver
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = self._lease_ttl / 3
+        while True:
+            if self._watch is None:
+                ahead = await driver.predecessor(self._prefix, self._revision)
+                if ahead is None:
+                    return True  # nobody ahead of us any more
+                key, revision = ahead
+                self._watch = driver.watches.watch_delete(key, revision + 1)
+            now = loop.time()
+            keep_alive_at = self._kept_alive_at + interval
+            if await self._watch.fired.wait(max(0.0, min(deadline, keep_alive_at) - now)):
+                logger.debug("lock %r: the key ahead of ours is gone; trying again", self._key)
+                self._drop_watch()
+                return True
+            now = loop.time()
+            if now >= keep_alive_at:
+                # A waiter keeps its lease alive as a holder does, or it would drop out of the queue.
+                ttl = await driver.keep_alive(self._lease_id)
+                if ttl <= 0:
+                    return True
+                self._kept_alive_at = now
+                self._expires_at = now + ttl
+            if now >= deadline:
+                return False
+
+    def _drop_watch(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            self._driver.watches.cancel(watch)
+
+    async def close(self, granted: Granted[Held] | None) -> None:
+        # Idempotent: ``_grant`` is forgotten only once the lease is dealt with, so a run cut short by a
+        # cancellation is repeated in full.
+        self._drop_watch()
+        await self._end_renewal()
+        grant = self._grant
+        if granted is not None or grant is None:
+            self._grant = None
+            await asyncio.sleep(0)
+            return
+        # Leaving without the lock (gave up, cancelled, failed): take our key out of the queue by revoking
+        # its lease, once the grant has had its outcome.
+        if not grant.done():
+            await asyncio.wait({grant})
+        failure = None if grant.cancelled() else grant.exception()
+        if failure is None or not _surely_not_granted(failure):
+            try:
+                await self._driver.revoke(self._lease_id)
+            except BackendError as exc:
+                logger.warning(
+                    "could not revoke the lease of an abandoned obtain of %r (%s); it expires with its TTL",
+                    self._key,
+                    exc,
+                )
+        self._grant = None
+
+
+def _surely_not_granted(exc: BaseException | None) -> bool:
+    """The grant failed in a way that proves no lease of ours exists (etcd refused it outright)."""
+    cause = exc.__cause__ if exc is not None else None
+    return cause is not None and code(cause) in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)

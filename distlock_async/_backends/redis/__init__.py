@@ -1,0 +1,16 @@
+"""The Redis backend, one job per module.
+
+- ``locker``: ``RedisLocker``, the public class;
+- ``config``: its settings and the client a URL describes, checked once;
+- ``scripts``: the keys of a lock and the Lua scripts that change them;
+- ``driver``: the driver contract, and which server runs a call (Cluster redirects);
+- ``contender``: one ``obtain``;
+- ``wire``: the pipelined lock connection to one server;
+- ``subscriber``: wake on release over pub/sub.
+
+redis-py's private names are touched only in ``.._compat_redis``.
+"""
+
+from .locker import RedisLocker
+
+__all__ = ["RedisLocker"]

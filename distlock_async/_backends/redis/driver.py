@@ -1,0 +1,186 @@
+"""The Redis backend's side of the driver contract: which server runs a call (Cluster redirects
+included), and release, refresh, ``ttl()`` and inspection of a lock."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from ..._errors import BackendError
+from ..._protocols import KeyState
+from .._compat_redis import initialization_due
+from .config import RedisConfig
+from .contender import RedisContender
+from .scripts import EXTEND, HANDOFF_MS, INSPECT, RELEASE, REMAINING, Keys, Script, ms
+from .subscriber import Subscriber
+from .wire import CLIENT_ERRORS, Mux
+
+__all__ = ["RedisDriver"]
+
+logger = logging.getLogger("distlock_async")
+
+
+#: Deadline of one lock command when the client has no ``socket_timeout`` of its own.
+DEFAULT_DEADLINE = 5.0
+
+
+def _untimed(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The client's connection settings without ``socket_timeout``: the locker applies its own deadline.
+
+    redis-py enforces ``socket_timeout`` on writes with ``asyncio.wait_for``, which on Python 3.10 and 3.11
+    can swallow a cancellation that arrives as the write completes; a cancelled obtain would go on waiting.
+    """
+    return {**kwargs, "socket_timeout": None}
+
+
+def _settings(source: Any) -> tuple[Any, dict[str, Any]]:
+    """Connection class and settings of a connection pool or a Cluster node."""
+    return source.connection_class, source.connection_kwargs
+
+
+class RedisDriver:
+    def __init__(self, client: Any, config: RedisConfig, *, owned: bool) -> None:
+        self.client = client
+        self.namespace = config.namespace
+        self.owned = owned
+        self.replicas = config.replicas
+        self.replica_timeout = config.replica_timeout
+        self.cluster = isinstance(client, redis.asyncio.RedisCluster)
+        kwargs = client.nodes_manager.connection_kwargs if self.cluster else client.connection_pool.connection_kwargs
+        self.deadline = float(kwargs.get("socket_timeout") or DEFAULT_DEADLINE)
+        self.cleanup_timeout = self.deadline
+        self.subscriber = Subscriber(self._pubsub_client)
+        self._muxes: dict[str, Mux] = {}
+        self.closed = False
+
+    def _pubsub_client(self) -> Any:
+        """A client of one connection for wake-ups, with the locker's settings (see ``_untimed``).
+
+        On a Cluster any node will do: PUBLISH reaches every node's subscribers.
+        """
+        cls, kwargs = _settings(self.client.get_default_node() if self.cluster else self.client.connection_pool)
+        pool = redis.asyncio.ConnectionPool(connection_class=cls, max_connections=1, **_untimed(kwargs))
+        return redis.asyncio.Redis(connection_pool=pool)
+
+    async def replicated(self, lock_key: str) -> None:
+        """Wait until ``replicas`` replicas have what this connection wrote; ``BackendError`` if they don't."""
+        mux = self._mux(lock_key)
+        try:
+            acks = int(await mux.call("WAIT", self.replicas, ms(self.replica_timeout)))
+        except redis.exceptions.ResponseError as exc:
+            raise BackendError(f"redis answered an error to WAIT: {exc}") from exc
+        if acks < self.replicas:
+            raise BackendError(
+                f"{lock_key!r} reached {acks} of {self.replicas} replicas within {self.replica_timeout:g} s; "
+                "the lock was released, since a failover could lose it"
+            )
+
+    def lifetime(self, ttl: float) -> float:
+        return ttl
+
+    def contender(self, key: str, token: str, ttl: float) -> RedisContender:
+        return RedisContender(self, key, token, ttl)
+
+    def _mux(self, lock_key: str, node_addr: tuple[str, int] | None = None) -> Mux:
+        """The connection to the server of ``lock_key``, or to the Cluster node at ``node_addr``."""
+        if self.cluster:
+            node = self.client.get_node_from_key(lock_key) if node_addr is None else self.client.get_node(*node_addr)
+            if node is None:
+                raise redis.exceptions.ConnectionError(f"no known cluster node at {node_addr}")
+            cls, kwargs = _settings(node)
+            name = node.name
+        else:
+            cls, kwargs = _settings(self.client.connection_pool)
+            name = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        mux = self._muxes.get(name)
+        if mux is None:
+            mux = self._muxes[name] = Mux(lambda: cls(**_untimed(kwargs)), self.deadline, name)
+        return mux
+
+    async def run(
+        self, script: Script, lock_key: str, keys: tuple[str, ...], args: tuple[object, ...], *, undoable: bool = False
+    ) -> Any:
+        """Run ``script`` with one client command (two the first time a server sees it).
+
+        ``undoable``: ``args[0]`` is a token that the script may have made the owner of ``lock_key``; if the
+        deadline passes, a release with that token is queued behind the call (see ``Mux.call``).
+        """
+        if self.closed:
+            raise RuntimeError("the RedisLocker is closed; the locks it held expire with their TTL")
+        if self.cluster and initialization_due(self.client):
+            try:
+                await self.client.initialize()
+            except CLIENT_ERRORS as exc:
+                raise BackendError(f"redis cluster: {exc}") from exc
+        undo = ("EVAL", RELEASE.body, 1, lock_key, args[0], HANDOFF_MS) if undoable else None
+        asked: tuple[str, int] | None = None
+        for _ in range(3):
+            try:
+                mux = self._mux(lock_key, asked)
+            except CLIENT_ERRORS as exc:  # no node serves the slot (a Cluster without quorum, say)
+                raise BackendError(f"redis cluster: {exc}") from exc
+            asking, asked = asked is not None, None
+            try:
+                try:
+                    return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo, asking=asking)
+                except redis.exceptions.NoScriptError:
+                    # Not applied; EVAL runs the script and caches it for the next EVALSHA.
+                    return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo, asking=asking)
+            except redis.exceptions.MovedError as exc:
+                # Not applied either: the slot lives elsewhere now (Cluster resharding or failover).
+                logger.debug("%s moved (%s); reloading the cluster's slots", lock_key, exc)
+                try:
+                    await self.client.nodes_manager.initialize()
+                except CLIENT_ERRORS as init_exc:
+                    raise BackendError(f"redis cluster: {init_exc}") from init_exc
+            except redis.exceptions.AskError as exc:
+                # Not applied: the slot is being migrated and its keys are on the importing node already;
+                # that node runs the call once, right after ASKING.
+                logger.debug("%s asked to %s:%s (slot being migrated)", lock_key, *exc.node_addr)
+                asked = exc.node_addr
+            except redis.exceptions.ResponseError as exc:
+                raise BackendError(f"redis answered an error: {exc}") from exc
+        raise BackendError(f"redis cluster kept redirecting {lock_key!r}")
+
+    async def release(self, key: str, token: str, handle: None) -> bool:
+        return await self.release_key(Keys(self.namespace, key).lock, token)
+
+    async def release_key(self, lock_key: str, token: str) -> bool:
+        released = int(await self.run(RELEASE, lock_key, (lock_key,), (token, HANDOFF_MS))) == 1
+        if released:
+            self.subscriber.released(lock_key)
+        return released
+
+    async def extend(self, key: str, token: str, handle: None, ttl: float) -> bool:
+        lock_key = Keys(self.namespace, key).lock
+        return int(await self.run(EXTEND, lock_key, (lock_key,), (token, ms(ttl)))) == 1
+
+    async def remaining(self, key: str, token: str, handle: None) -> float:
+        lock_key = Keys(self.namespace, key).lock
+        pttl = int(await self.run(REMAINING, lock_key, (lock_key,), (token,)))
+        return max(pttl, 0) / 1000
+
+    async def inspect(self, key: str) -> KeyState:
+        keys = Keys(self.namespace, key)
+        held, pttl, fence = await self.run(INSPECT, keys.lock, (keys.lock, keys.fence), ())
+        counter = int(fence) if fence else None
+        if int(held) != 1:
+            return KeyState(held=False, ttl=None, fencing_counter=counter)
+        # A key without expiry (-1) is not one of ours; report it as held with no known end.
+        return KeyState(held=True, ttl=int(pttl) / 1000 if int(pttl) >= 0 else None, fencing_counter=counter)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self.subscriber.aclose()
+        muxes = list(self._muxes.values())
+        self._muxes.clear()
+        for mux in muxes:
+            await mux.aclose()
+        if self.owned:
+            try:
+                await self.client.aclose()
+            except CLIENT_ERRORS as exc:
+                logger.debug("closing the Redis client failed: %r", exc)
