@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import anyio
 import httpx
 import pytest
 import redis.asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from distlock_async import RedisLocker
-from distlock_async.testing.servers import RedisServer
+from distlock_async import BackendError, RedisLocker
+from distlock_async.testing.servers import RedisServer, free_port
 from examples import aiohttp_app, cron_singleton, fastapi_app, worker
 
 pytestmark = pytest.mark.anyio
@@ -46,6 +47,26 @@ async def test_fastapi_route_returns_409_while_another_replica_holds_the_invoice
         assert again.status_code == 200
         # The dependency released its lock after each request, and tokens keep rising.
         assert first.json()["fencing_token"] < held.fencing_token < again.json()["fencing_token"]
+
+
+async def test_fastapi_app_answers_one_422_for_a_bad_invoice_id(redis_url: str) -> None:
+    app = fastapi_app.app
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        bad = await client.post("/invoices/forty-two/pay")
+    assert bad.status_code == 422
+    [error] = bad.json()["detail"]  # declared once: in the dependency, not again in the route
+    assert error["loc"] == ["path", "invoice_id"]
+
+
+async def test_fastapi_app_does_not_start_without_its_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTLOCK_URL", f"redis://127.0.0.1:{free_port()}/0?socket_timeout=1")
+    app = fastapi_app.app
+    with anyio.fail_after(20), pytest.raises(BackendError):
+        async with app.router.lifespan_context(app):
+            pytest.fail("the app started without its Redis")
 
 
 async def test_aiohttp_handler_holds_the_lock_and_answers_409_when_busy(redis_url: str) -> None:
