@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import FunctionType
 
 import pytest
 
@@ -62,6 +63,53 @@ def test_protocols_are_runtime_checkable() -> None:
     assert not isinstance(object(), distlock_async.Locker)
     assert not isinstance(object(), distlock_async.Lock)
     assert not isinstance(object(), distlock_async.Refresher)
+
+
+def _public_methods(cls: type) -> dict[str, FunctionType]:
+    """``{"Class.name": function}`` for the methods and properties a user of ``cls`` calls."""
+    found: dict[str, FunctionType] = {}
+    for klass in cls.__mro__:
+        if klass is object or klass.__module__ == "typing":
+            continue
+        for name, member in vars(klass).items():
+            if name.startswith("_") and name not in ("__aenter__", "__aexit__"):
+                continue
+            function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+            if isinstance(function, FunctionType):
+                found.setdefault(f"{cls.__name__}.{name}", function)
+    return found
+
+
+@pytest.mark.anyio
+async def test_methods_users_call_are_named_after_public_classes() -> None:
+    """Python names a method by its ``__qualname__`` in its own errors ("X.obtain() got an unexpected
+    keyword argument ..."): X must be a class the user can look up, not a private base."""
+    locker = distlock_async.MemoryLocker()
+    lock = await locker.obtain("k")
+    refresher = lock.start_refresh()
+    await lock.release()
+    classes = [distlock_async.RedisLocker, distlock_async.EtcdLocker, type(locker), type(lock), type(refresher)]
+    methods = {where: function for cls in classes for where, function in _public_methods(cls).items()}
+    assert {"MemoryLocker.obtain", "RedisLocker.lock", "EtcdLocker.options"} <= set(methods)
+    private = {
+        where: function.__qualname__
+        for where, function in methods.items()
+        if function.__qualname__.partition(".")[0] not in distlock_async.__all__
+    }
+    assert private == {}
+
+
+@pytest.mark.anyio
+async def test_a_wrong_keyword_names_the_public_method() -> None:
+    locker = distlock_async.MemoryLocker()
+    with pytest.raises(TypeError, match=r"^Locker\.obtain\(\) got an unexpected keyword argument 'wait'"):
+        await locker.obtain("k", wait=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"^Locker\.lock\(\) got an unexpected keyword argument 'wait'"):
+        locker.lock("k", wait=3)  # type: ignore[call-arg]
+    lock = await locker.obtain("k")
+    with pytest.raises(TypeError, match=r"^Lock\.start_refresh\(\) takes"):
+        lock.start_refresh(None, None)  # type: ignore[call-arg]
+    await lock.release()
 
 
 def test_etcd_locker_rejects_wrong_argument_types() -> None:

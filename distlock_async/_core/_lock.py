@@ -16,6 +16,20 @@ from ._driver import Driver, H
 logger = logging.getLogger("distlock_async")
 
 
+def show_as(public: str, cls: type) -> None:
+    """Have the public methods of the private ``cls`` name the public ``public`` in messages and docs.
+
+    Python names a method by its ``__qualname__`` in its own errors ("HeldLock.release() takes 1
+    positional argument ..."); a user should read the name of the protocol they program against.
+    """
+    for name, member in vars(cls).items():
+        if name.startswith("_") and name not in ("__aenter__", "__aexit__"):
+            continue
+        function = member.fget if isinstance(member, property) else member
+        if inspect.isfunction(function):
+            function.__qualname__ = f"{public}.{name}"
+
+
 class Binding(Generic[H]):
     """What the locks of one locker share with it, and all they know of it: its driver, whether it may
     still be used, and the refreshers that its ``aclose()`` stops."""
@@ -211,3 +225,7 @@ class RefreshTask(Generic[H]):
                 await result
         except Exception:
             logger.exception("on_error callback of lock %r raised", self._lock.key)
+
+
+show_as("Lock", HeldLock)
+show_as("Refresher", RefreshTask)

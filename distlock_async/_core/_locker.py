@@ -18,7 +18,7 @@ from .._protocols import KeyState
 from .._validate import check_count, check_key, check_seconds
 from ._aio import finish, reraise_swallowed_cancel
 from ._driver import Contender, Driver, Granted, H, Inspector
-from ._lock import Binding, HeldLock
+from ._lock import Binding, HeldLock, show_as
 
 logger = logging.getLogger("distlock_async")
 
@@ -235,3 +235,6 @@ class LockContext(Generic[H]):
             await self._lock.release()
         except Exception as exc:
             logger.debug("release of lock %r on the way out failed: %r", self._key, exc)
+
+
+show_as("Locker", LockerBase)
