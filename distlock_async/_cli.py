@@ -137,10 +137,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--wait",
-        type=_seconds,
+        type=_wait_seconds,
         default=0.0,
         metavar="SECONDS",
-        help="how long to wait for a lock held by someone else before exiting with 3 (default 0: try once)",
+        help="how long to wait for a lock held by someone else before exiting with 3 (default 0: try once; "
+        "inf: until obtained)",
     )
     run.add_argument(
         "--retry-delay",
@@ -221,6 +222,15 @@ def _seconds(text: str) -> float:
 
 def _positive_seconds(text: str) -> float:
     return _number(text, zero=False)
+
+
+def _wait_seconds(text: str) -> float:
+    if text.strip().lower() in ("inf", "infinity"):
+        return math.inf  # obtain()'s timeout=math.inf: until obtained, or until a signal ends the wait
+    try:
+        return _number(text, zero=True)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, or inf, got {text!r}") from None
 
 
 def _refuse_memory(url: str, command: str) -> None:
@@ -359,18 +369,14 @@ async def _run(args: argparse.Namespace, err: TextIO) -> int:
         return EXIT_NOT_FOUND
     if args.refresh is not None and args.refresh >= args.ttl:
         raise _UsageError(f"--refresh ({args.refresh:g}) must be below --ttl ({args.ttl:g})")
-    # The budget of obtain() as a duration: give up about --wait seconds after starting.
-    max_retries = math.ceil(args.wait / args.retry_delay)
-    options = Options(
-        ttl=args.ttl, max_retries=max_retries, retry_delay=args.retry_delay, refresh_interval=args.refresh
-    )
+    options = Options(ttl=args.ttl, retry_delay=args.retry_delay, refresh_interval=args.refresh)
     loop = asyncio.get_running_loop()
     runner = _Runner(err)
     for sig in FORWARDED:
         loop.add_signal_handler(sig, runner.on_signal, sig)
     try:
         async with from_url(args.url, options) as locker:
-            lock = await locker.obtain(args.key)
+            lock = await locker.obtain(args.key, timeout=args.wait)
             try:
                 return await _hold(runner, lock, cmd, args.grace)
             finally:

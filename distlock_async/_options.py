@@ -12,7 +12,8 @@ __all__ = ["EtcdOptions", "Options"]
 class Options:
     """How locks are obtained and kept; validated on construction.
 
-    Every per-call keyword of ``obtain()`` and ``lock()`` overrides the field of the same name.
+    Every per-call keyword of ``obtain()`` and ``lock()`` overrides the field of the same name; their
+    ``timeout`` keyword (seconds of trying) replaces ``max_retries`` for that call.
 
     Attributes:
         ttl: seconds a lock lives unless refreshed; finite, ``> 0``, at most a year.

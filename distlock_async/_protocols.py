@@ -147,8 +147,14 @@ class Locker(Protocol):
         ttl: float | None = None,
         max_retries: int | None = None,
         retry_delay: float | None = None,
+        timeout: float | None = None,
     ) -> Lock:
         """Obtain the lock for ``key``, retrying within the retry budget.
+
+        The budget is ``max_retries`` retries spaced ``retry_delay`` apart, or, with ``timeout``, that many
+        seconds of trying (``math.inf``: until obtained or cancelled), still polling every ``retry_delay``.
+        Either way a release by the holder wakes a waiter at once. ``ttl``, ``max_retries`` and
+        ``retry_delay`` override the locker's ``Options``; ``timeout`` replaces its ``max_retries``.
 
         If the call is cancelled after the server granted the lock, the lock is released before the
         cancellation propagates.
@@ -157,7 +163,8 @@ class Locker(Protocol):
             NotObtainedError: the key is held by another owner and the retry budget is spent.
             BackendError: the server could not be reached or answered an error; raised at once, never
                 retried as contention.
-            TypeError, ValueError: a bad argument; the message names it.
+            TypeError, ValueError: a bad argument; the message names it. ``max_retries`` and ``timeout``
+                together are a ``TypeError``.
             RuntimeError: the locker is closed or bound to another event loop.
         """
         ...
@@ -169,10 +176,12 @@ class Locker(Protocol):
         ttl: float | None = None,
         max_retries: int | None = None,
         retry_delay: float | None = None,
+        timeout: float | None = None,
     ) -> AbstractAsyncContextManager[Lock]:
         """Hold the lock for ``key`` for the duration of an ``async with`` block.
 
-        Obtains on entry (raising like :meth:`obtain`), refreshes in the background every
+        Obtains on entry, with the same keywords and errors as :meth:`obtain` (a ``timeout`` counts from
+        entering the block), refreshes in the background every
         ``refresh_interval``, and releases on exit. If the lock is lost while the body runs (a refresh
         fails), the body is cancelled and the ``async with`` raises :class:`~distlock_async.LockLostError`.
         """

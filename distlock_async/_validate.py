@@ -59,6 +59,20 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> floa
     return seconds
 
 
+def check_timeout(value: object) -> float:
+    """Seconds to keep trying to obtain: ``>= 0`` and at most a year, or ``math.inf`` (until obtained)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds (int or float) or None, not {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, or math.inf to wait until obtained; got {value!r}")
+    if value > MAX_SECONDS and not math.isinf(value):
+        raise ValueError(
+            f"timeout must be at most {MAX_SECONDS:.0f} seconds (a year), or math.inf to wait until obtained; "
+            f"got {value!r}"
+        )
+    return float(value)
+
+
 def check_count(name: str, value: object) -> int:
     """An ``int >= 0``; ``bool`` is refused."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -114,6 +114,13 @@ def test_bad_seconds_get_one_message_naming_the_option(value: str) -> None:
     assert f"argument --ttl: must be a finite number of seconds > 0, got '{value}'" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_a_bad_wait_gets_one_message_naming_the_option(value: str) -> None:
+    result = run("run", "--wait", value, "k", "--", "true")
+    assert result.returncode == 2
+    assert f"argument --wait: must be a number of seconds >= 0, or inf, got '{value}'" in result.stderr
+
+
 def test_demo_with_a_bad_hold_names_it_and_prints_nothing() -> None:
     result = run("demo", "--hold", "-1")
     assert result.returncode == 2
@@ -322,12 +329,29 @@ def test_run_exits_with_3_without_running_the_command_when_the_lock_is_held(
     assert admin.get(lock_key(key)) == b"someone-else"
 
 
+def test_run_wait_is_seconds_whatever_the_retry_delay(
+    redis_server: RedisServer, admin: redis.Redis, key: str, tmp_path: Path
+) -> None:
+    # --wait is obtain()'s timeout: a retry delay far beyond it does not stretch the wait (it used to be
+    # turned into a count of retries, here one retry 60 s later).
+    admin.set(lock_key(key), "someone-else", px=60_000)
+    marker = tmp_path / "ran"
+    started = time.monotonic()
+    result = run(
+        "--url", redis_server.url, "run", "--wait", "1", "--retry-delay", "60", key, "--", "touch", str(marker)
+    )
+    waited = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert 0.9 <= waited < 20, waited
+    assert not marker.exists()
+
+
 def test_a_signal_while_waiting_for_the_lock_ends_the_wait_without_running_the_command(
     redis_server: RedisServer, admin: redis.Redis, key: str, tmp_path: Path
 ) -> None:
     admin.set(lock_key(key), "someone-else", px=60_000)
     marker = tmp_path / "ran"
-    proc = start(redis_server.url, "run", "--wait", "60", key, "--", "touch", str(marker))
+    proc = start(redis_server.url, "run", "--wait", "inf", key, "--", "touch", str(marker))
     deadline = time.monotonic() + 30
     # Subscribed to the lock's release channel: it waits, with its signal handlers in place.
     while admin.pubsub_numsub(lock_key(key))[0][1] == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import random
 import sys
 from typing import Any
@@ -128,13 +129,14 @@ async def test_obtain_succeeds_when_the_holder_releases_within_the_budget(backen
     await lock.release()
 
 
-async def test_wake_on_release_obtains_well_before_retry_delay(backend: Backend) -> None:
+@pytest.mark.parametrize("budget", [{}, {"timeout": 600}, {"timeout": math.inf}], ids=["retries", "timeout", "inf"])
+async def test_wake_on_release_obtains_well_before_retry_delay(backend: Backend, budget: dict[str, Any]) -> None:
     holder = await backend.locker().obtain("k")
     waiter = backend.locker(Options(max_retries=1, retry_delay=60))
     result: list[Lock] = []
 
     async def wait_for_it() -> None:
-        result.append(await waiter.obtain("k"))
+        result.append(await waiter.obtain("k", **budget))
 
     # The limit is far below retry_delay: only the release can wake the waiter in time.
     with log_event("is held by another owner; waiting") as waiting, anyio.fail_after(LIMIT):
@@ -204,6 +206,14 @@ async def test_per_call_ttl_overrides_the_options(backend: Backend) -> None:
         ({"retry_delay": -0.1}, ValueError, "retry_delay"),
         ({"retry_delay": float("nan")}, ValueError, "retry_delay"),
         ({"retry_delay": None, "ttl": 1e12}, ValueError, "ttl"),
+        ({"timeout": -1}, ValueError, "timeout"),
+        ({"timeout": float("nan")}, ValueError, "timeout"),
+        ({"timeout": -math.inf}, ValueError, "timeout"),
+        ({"timeout": 1e12}, ValueError, "timeout"),
+        ({"timeout": "3"}, TypeError, "timeout"),
+        ({"timeout": True}, TypeError, "timeout"),
+        ({"timeout": 3, "max_retries": 1}, TypeError, "max_retries and timeout"),
+        ({"timeout": math.inf, "max_retries": 0}, TypeError, "max_retries and timeout"),
     ],
 )
 async def test_bad_per_call_arguments_raise_naming_the_argument(
@@ -214,6 +224,86 @@ async def test_bad_per_call_arguments_raise_naming_the_argument(
         await locker.obtain("k", **kwargs)
     with pytest.raises(error, match=name):
         locker.lock("k", **kwargs)
+
+
+# --- Waiting in seconds: the timeout keyword ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["obtain", "lock"])
+async def test_a_timeout_that_runs_out_raises_not_obtained_after_about_that_long(backend: Backend, how: str) -> None:
+    holder = await backend.locker().obtain("busy-key")
+    # One retry 0.05 s after the first attempt is all the options allow: only the timeout keeps it trying.
+    waiter = backend.locker(Options(max_retries=1, retry_delay=0.05))
+    timeout = 1.0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with anyio.fail_after(LIMIT), pytest.raises(NotObtainedError, match="busy-key"):
+        if how == "obtain":
+            await waiter.obtain("busy-key", timeout=timeout)
+        else:
+            async with waiter.lock("busy-key", timeout=timeout):
+                pytest.fail("the body must not run")
+    assert loop.time() - started >= 0.9 * timeout
+    await holder.release()
+
+
+async def test_a_timeout_of_0_tries_once(backend: Backend) -> None:
+    holder = await backend.locker().obtain("k")
+    # With a 60 s retry_delay any wait would trip the 20 s limit.
+    with anyio.fail_after(LIMIT), pytest.raises(NotObtainedError):
+        await backend.locker().obtain("k", timeout=0, retry_delay=60)
+    await holder.release()
+
+
+class _Polls(logging.Handler):
+    """Counts a waiter's polls (the core's "waiting" records) and sets ``event`` at ``target``."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__(logging.DEBUG)
+        self.target = target
+        self.count = 0
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "is held by another owner; waiting" in record.getMessage():
+            self.count += 1
+            if self.count >= self.target:
+                self.event.set()
+
+
+@pytest.mark.parametrize("how", ["obtain", "lock"])
+async def test_timeout_inf_waits_through_a_holder_that_releases_late(backend: Backend, how: str) -> None:
+    holder = await backend.locker().obtain("k")
+    # max_retries=0 in the options: without the timeout the waiter would give up after its first attempt.
+    waiter = backend.locker(Options(max_retries=0, retry_delay=0.05))
+    got: list[int] = []
+
+    async def wait_for_it() -> None:
+        if how == "obtain":
+            lock = await waiter.obtain("k", timeout=math.inf)
+            got.append(lock.fencing_token)
+            await lock.release()
+        else:
+            async with waiter.lock("k", timeout=math.inf) as lock:
+                got.append(lock.fencing_token)
+
+    polls = _Polls(target=5)
+    logger = logging.getLogger("distlock_async")
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(polls)
+    try:
+        with anyio.fail_after(LIMIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_it)
+                await polls.event.wait()  # it kept polling, well past what max_retries=0 allows
+                assert not got
+                await holder.release()
+    finally:
+        logger.removeHandler(polls)
+        logger.setLevel(old_level)
+    assert got
+    assert got[0] > holder.fencing_token
 
 
 async def test_per_call_ttl_not_above_an_explicit_refresh_interval(backend: Backend) -> None:

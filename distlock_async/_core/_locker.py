@@ -15,7 +15,7 @@ import anyio
 from .._errors import LockLostError, LockNotHeldError, NotObtainedError
 from .._options import Options
 from .._protocols import KeyState
-from .._validate import check_count, check_key, check_seconds
+from .._validate import check_count, check_key, check_seconds, check_timeout
 from ._aio import finish, reraise_swallowed_cancel
 from ._driver import Contender, Driver, Granted, H, Inspector
 from ._lock import Binding, HeldLock, show_as
@@ -30,16 +30,31 @@ _MIN_EXPIRY_WAIT = 0.001
 
 
 class _Settings:
-    __slots__ = ("interval", "max_retries", "retry_delay", "ttl")
+    """One obtain's settings: the locker's options with the call's keywords applied, checked."""
+
+    __slots__ = ("interval", "max_retries", "retry_delay", "timeout", "ttl")
 
     def __init__(
-        self, options: Options, driver: Driver[H], ttl: object, max_retries: object, retry_delay: object
+        self,
+        options: Options,
+        driver: Driver[H],
+        ttl: object,
+        max_retries: object,
+        retry_delay: object,
+        timeout: object,
     ) -> None:
+        if max_retries is not None and timeout is not None:
+            raise TypeError(
+                "max_retries and timeout cannot be given together: max_retries counts retries, timeout is "
+                "seconds of trying; pass one of them"
+            )
         self.ttl = options.ttl if ttl is None else check_seconds("ttl", ttl)
         self.max_retries = options.max_retries if max_retries is None else check_count("max_retries", max_retries)
         self.retry_delay = (
             options.retry_delay if retry_delay is None else check_seconds("retry_delay", retry_delay, allow_zero=True)
         )
+        #: Seconds of trying, instead of counting retries (``math.inf``: until obtained or cancelled).
+        self.timeout = None if timeout is None else check_timeout(timeout)
         # Refreshes keep up with how long the server really keeps the lock (an etcd lease may differ).
         self.interval = options.interval_for(driver.lifetime(self.ttl))
 
@@ -70,9 +85,10 @@ class LockerBase(Generic[H]):
         ttl: float | None = None,
         max_retries: int | None = None,
         retry_delay: float | None = None,
+        timeout: float | None = None,
     ) -> HeldLock[H]:
         check_key(key)
-        settings = _Settings(self._options, self._driver, ttl, max_retries, retry_delay)
+        settings = _Settings(self._options, self._driver, ttl, max_retries, retry_delay, timeout)
         self._check_usable()
         return await self._obtain(key, settings)
 
@@ -83,9 +99,11 @@ class LockerBase(Generic[H]):
         ttl: float | None = None,
         max_retries: int | None = None,
         retry_delay: float | None = None,
+        timeout: float | None = None,
     ) -> LockContext[H]:
         check_key(key)
-        return LockContext(self, key, _Settings(self._options, self._driver, ttl, max_retries, retry_delay))
+        settings = _Settings(self._options, self._driver, ttl, max_retries, retry_delay, timeout)
+        return LockContext(self, key, settings)
 
     async def inspect(self, key: str) -> KeyState:
         check_key(key)
@@ -147,17 +165,22 @@ class LockerBase(Generic[H]):
 
     async def _contend(self, key: str, contender: Contender[H], settings: _Settings) -> Granted[H]:
         loop = asyncio.get_running_loop()
+        # The budget is either a number of retries or a deadline (``timeout``); wake-ups spend neither.
         retries = settings.max_retries
+        deadline = None if settings.timeout is None else loop.time() + settings.timeout
         next_slot = loop.time() + settings.retry_delay
         while True:
             outcome = await contender.attempt()
             if isinstance(outcome, Granted):
                 return outcome
             reraise_swallowed_cancel()
-            if retries == 0:
-                raise NotObtainedError(key)
             now = loop.time()
+            spent = retries == 0 if deadline is None else now >= deadline
+            if spent:
+                raise NotObtainedError(key)
             delay = next_slot - now
+            if deadline is not None:
+                delay = min(delay, deadline - now)  # one last attempt at the deadline
             if outcome.holder_ttl is not None:
                 delay = min(delay, max(outcome.holder_ttl, _MIN_EXPIRY_WAIT))
             logger.debug("lock %r is held by another owner; waiting up to %.3f s", key, max(delay, 0.0))

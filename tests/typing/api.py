@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import distlock_async
 from distlock_async import (
     DistlockError,
@@ -39,6 +41,15 @@ async def by_hand(locker: Locker) -> None:
     async with await locker.obtain("job") as held:
         key: str = held.key
         print(key, held.token)
+
+
+async def waiting_in_seconds(locker: Locker) -> None:
+    lock: Lock = await locker.obtain("job", timeout=2.5, retry_delay=0.2)
+    await lock.release()
+    async with locker.lock("job", timeout=math.inf) as held:
+        print(held.fencing_token)
+    async with locker.lock("job", ttl=10, timeout=0):
+        pass
 
 
 async def errors(locker: Locker) -> None:
