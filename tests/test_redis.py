@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import random
 import statistics
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.crc import key_slot
 
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
-from distlock_async.testing.servers import RedisClusterServers, RedisServer, TLSRedisServer, _Sentinel
+from distlock_async.testing.servers import RedisClusterServers, RedisServer, TLSRedisServer, _Sentinel, free_port
 
 from .helpers import OPERATIONS, lock_operation, log_event
 from .proxy import FaultProxy
@@ -185,6 +186,7 @@ async def test_a_dead_server_gives_backend_error_and_the_locker_recovers(own_red
         with pytest.raises(BackendError) as info:
             await locker.obtain("other", max_retries=0)
         assert info.value.__cause__ is not None
+        assert type(info.value) is BackendError
         with pytest.raises(BackendError):
             await lock.refresh()
         own_redis.start()
@@ -192,6 +194,24 @@ async def test_a_dead_server_gives_backend_error_and_the_locker_recovers(own_red
         assert fresh.fencing_token > lock.fencing_token
         await fresh.release()
     await locker.client.aclose()
+
+
+async def test_an_unreachable_server_is_a_plain_backend_error_with_nothing_to_undo(
+    caplog_debug: pytest.LogCaptureFixture,
+) -> None:
+    async with from_url(f"redis://127.0.0.1:{free_port()}") as locker:
+        with pytest.raises(BackendError, match=r"redis at 127\.0\.0\.1:") as obtained:
+            await locker.obtain("k")
+        with pytest.raises(BackendError, match=r"redis at 127\.0\.0\.1:") as inspected:
+            await locker.inspect("k")
+    for exc in (obtained.value, inspected.value):
+        # What users catch, print and read in a traceback is the public class, not a private subclass.
+        assert type(exc) is BackendError
+        assert traceback.format_exception_only(exc)[0].startswith("distlock_async.BackendError: redis at")
+        assert isinstance(exc.__cause__, (OSError, redis.exceptions.ConnectionError))
+        assert "TLS" not in str(exc)
+    # Nothing was written, so there is no undo that could fail and warn.
+    assert not [r for r in caplog_debug.records if r.levelname == "WARNING"]
 
 
 async def test_an_obtain_that_times_out_on_a_paused_server_is_sent_once_and_undone(

@@ -13,7 +13,7 @@ from ..._core._aio import Signal
 from ..._core._driver import Busy, Granted
 from ..._errors import BackendError
 from .scripts import OBTAIN, UNRESERVE, Keys, ms
-from .wire import NotSent
+from .wire import unsent
 
 if TYPE_CHECKING:
     from .driver import RedisDriver
@@ -52,11 +52,11 @@ class RedisContender:
                 (self._token, self._ttl_ms, "0" if signal is None else "1"),
                 undoable=True,
             )
-        except NotSent:
-            raise  # no connection: nothing was written, nothing to undo
-        except BaseException:
-            # The command may have been applied: close() deletes the lock if it turns out to be ours.
-            self._uncertain = True
+        except BaseException as exc:
+            # The command may have been applied (unless no connection could be made): close() deletes the
+            # lock if it turns out to be ours.
+            if not unsent(exc):
+                self._uncertain = True
             raise
         if int(reply[0]) == 1:
             if self._driver.replicas:

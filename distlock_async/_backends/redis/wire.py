@@ -33,7 +33,7 @@ from ..._core._aio import cancel_and_wait, retrieve
 from ..._errors import BackendError
 from .._compat_redis import close_now, peer_closed, write_now
 
-__all__ = ["CLIENT_ERRORS", "Mux", "NotSent", "disconnect"]
+__all__ = ["CLIENT_ERRORS", "Mux", "disconnect", "unsent"]
 
 logger = logging.getLogger("distlock_async")
 
@@ -42,8 +42,21 @@ logger = logging.getLogger("distlock_async")
 CLIENT_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, EOFError)
 
 
-class NotSent(BackendError):
-    """The command was certainly not written (no connection could be made): nothing to undo."""
+#: The mark of a ``BackendError`` whose command was certainly not written (no connection could be made),
+#: so that an obtain knows it has nothing to undo. A mark rather than a subclass: what users catch, print
+#: and see in tracebacks is ``distlock_async.BackendError`` itself, never a private class.
+_UNSENT = "_distlock_unsent"
+
+
+def _not_sent(message: str) -> BackendError:
+    error = BackendError(message)
+    setattr(error, _UNSENT, True)
+    return error
+
+
+def unsent(exc: BaseException) -> bool:
+    """Whether ``exc`` failed a command before any of it was written (no connection): nothing to undo."""
+    return getattr(exc, _UNSENT, False) is True
 
 
 class Mux:
@@ -76,15 +89,16 @@ class Mux:
             try:
                 await self._send(fut, args, asking)
             except (asyncio.TimeoutError, TimeoutError) as exc:  # the handshake's (before OSError: 3.10)
-                raise NotSent(f"redis at {self._name}: no connection within {self._deadline:g} s") from exc
+                raise _not_sent(f"redis at {self._name}: no connection within {self._deadline:g} s") from exc
             # Awaiting the future directly: if the caller is cancelled the future is cancelled too, and
             # the reader drops its reply when it arrives.
             return await fut
         except redis.exceptions.ResponseError:
             raise  # an answer, not a failure to get one: the caller decides
         except CLIENT_ERRORS as exc:
-            error = BackendError if fut in self._pending or fut.done() else NotSent
-            raise error(f"redis at {self._name}: {exc}") from exc
+            message = f"redis at {self._name}: {exc}"
+            written = fut in self._pending or fut.done()
+            raise (BackendError(message) if written else _not_sent(message)) from exc
         finally:
             timer.cancel()
             if fut.done() and not fut.cancelled():
