@@ -214,6 +214,18 @@ async def test_an_unreachable_server_is_a_plain_backend_error_with_nothing_to_un
     assert not [r for r in caplog_debug.records if r.levelname == "WARNING"]
 
 
+async def test_rediss_against_a_plain_text_server_hints_at_tls(redis_server: RedisServer) -> None:
+    # The server reads the TLS hello as the start of a command and answers nothing: the handshake waits
+    # out the deadline (the URL's socket_timeout), and the error says what is likely wrong.
+    async with from_url(f"rediss://127.0.0.1:{redis_server.port}/0?socket_timeout=1") as locker:
+        with (
+            anyio.fail_after(20),
+            pytest.raises(BackendError, match=r"no connection within 1 s; is the server speaking TLS\?") as info,
+        ):
+            await locker.obtain("k")
+    assert type(info.value) is BackendError
+
+
 async def test_an_obtain_that_times_out_on_a_paused_server_is_sent_once_and_undone(
     own_redis: RedisServer, admin: redis.asyncio.Redis
 ) -> None:

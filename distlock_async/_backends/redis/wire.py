@@ -72,6 +72,8 @@ class Mux:
         self._reader: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[Any] | None = None
         self._closed = False
+        #: Whether the connections are TLS ones, for the hint of a handshake that never ends.
+        self._tls = False
 
     async def call(self, *args: Any, undo: tuple[Any, ...] | None = None, asking: bool = False) -> Any:
         """Send one command and return its reply; ``BackendError`` if the server fails or times out.
@@ -89,7 +91,9 @@ class Mux:
             try:
                 await self._send(fut, args, asking)
             except (asyncio.TimeoutError, TimeoutError) as exc:  # the handshake's (before OSError: 3.10)
-                raise _not_sent(f"redis at {self._name}: no connection within {self._deadline:g} s") from exc
+                # A plain-text server answers nothing to a TLS hello: the handshake just waits.
+                hint = "; is the server speaking TLS? (rediss:// expects it)" if self._tls else ""
+                raise _not_sent(f"redis at {self._name}: no connection within {self._deadline:g} s{hint}") from exc
             # Awaiting the future directly: if the caller is cancelled the future is cancelled too, and
             # the reader drops its reply when it arrives.
             return await fut
@@ -145,6 +149,7 @@ class Mux:
             conn = self._conn
             if conn is None:
                 conn = self._conn = self._make()
+                self._tls = isinstance(conn, redis.asyncio.SSLConnection)
             self._connecting = asyncio.get_running_loop().create_task(
                 self._handshake(conn), name=f"distlock_async: connecting {self}"
             )
