@@ -68,6 +68,23 @@ def test_other_urls_raise_value_error(url: str, match: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://localhost:6379?foo=bar", "redis://localhost:6379?foo=bar"),
+        (
+            "rediss://u:s3cret@localhost/2?socket_timeout=1&foo=bar",
+            "rediss://u:***@localhost/2?socket_timeout=1&foo=bar",
+        ),
+        ("unix:///run/redis.sock?db=1&foo=bar", "unix:///run/redis.sock?db=1&foo=bar"),
+    ],
+)
+def test_an_unknown_redis_url_option_is_named_with_the_url(url: str, shown: str) -> None:
+    with pytest.raises(ValueError, match="unknown option 'foo'") as info:
+        from_url(url)
+    assert str(info.value) == f"not a usable Redis URL: {shown!r} (unknown option 'foo')"
+
+
+@pytest.mark.parametrize(
     ("args", "kwargs", "name"),
     [
         ((None,), {}, "url"),

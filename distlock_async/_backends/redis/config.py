@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,7 +74,8 @@ def client_from_url(url: str) -> Any:
         # an unknown one, or a bad TLS setting, would otherwise surface at the first lock call.
         pool.connection_class(**pool.connection_kwargs)
     except (ValueError, TypeError, redis.exceptions.RedisError) as exc:
-        raise bad(str(exc)) from None
+        unknown = re.search(r"unexpected keyword argument '([^']*)'", str(exc))
+        raise bad(f"unknown option {unknown[1]!r}" if unknown else str(exc)) from None
     for name in _URL_FILES:
         path = pool.connection_kwargs.get(name)
         if path is not None and not os.path.isfile(path):
