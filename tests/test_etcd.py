@@ -518,6 +518,40 @@ async def test_nothing_listening_fails_at_once() -> None:
     assert time.monotonic() - start < 5
 
 
+async def test_an_unreachable_etcd_logs_nothing_of_a_lease_it_never_granted(
+    caplog_debug: pytest.LogCaptureFixture,
+) -> None:
+    # No connection, so no grant was sent: there is no lease to revoke, and nothing to say about one.
+    async with EtcdLocker.from_url(
+        f"etcd://127.0.0.1:{free_port()}", etcd_options=EtcdOptions(dial_timeout=1)
+    ) as locker:
+        for _ in range(2):
+            with pytest.raises(BackendError, match="cannot connect"):
+                await locker.obtain("k")
+    said = [r.getMessage() for r in caplog_debug.records if r.name == "distlock_async"]
+    assert not [message for message in said if "lease" in message], said
+
+
+async def test_a_grant_lost_with_its_member_is_no_warning_of_an_abandoned_lease(
+    caplog_debug: pytest.LogCaptureFixture,
+) -> None:
+    # Connected, then the member dies: the grant fails, and so does the revoke that follows. Whether a
+    # lease exists is unknown (none, most likely; one that backs no key if the grant was applied), so that
+    # is what the log says, at debug level, and no warning claims an abandoned lease.
+    server = EtcdServer()
+    server.start()
+    try:
+        locker = await EtcdLocker.connect([server.endpoint], etcd_options=EtcdOptions(session_timeout=1))
+        server.kill()
+        with anyio.fail_after(20), pytest.raises(BackendError):
+            await locker.obtain("k")
+        await locker.aclose()
+    finally:
+        server.cleanup()
+    assert not [r for r in caplog_debug.records if r.levelname == "WARNING"]
+    assert [r for r in caplog_debug.records if "may not exist (its grant failed" in r.getMessage()]
+
+
 async def test_a_connect_that_times_out_chains_the_timeout_naming_the_endpoints() -> None:
     """A member that accepts TCP but never speaks HTTP/2 (here a bare listening socket): the dial times
     out, and the ``BackendError`` carries a ``TimeoutError`` naming what was tried."""

@@ -106,6 +106,9 @@ class EtcdContender:
             )
             await asyncio.sleep(0)  # a checkpoint, as the grant path has
             return
+        # Connected first, in the caller: if etcd cannot be reached no grant is sent, so close() knows
+        # there is no lease to revoke (and nothing to warn about).
+        await driver.ensure()
         self._lease_id = lease_id = _new_lease_id()
         self._own = self._prefix + f"{lease_id:x}".encode()
         # The grant runs in a task of its own that a cancelled obtain leaves running, so that close()
@@ -266,11 +269,22 @@ class EtcdContender:
             try:
                 await self._driver.revoke(self._lease_id)
             except BackendError as exc:
-                logger.warning(
-                    "could not revoke the lease of an abandoned obtain of %r (%s); it expires with its TTL",
-                    self._key,
-                    exc,
-                )
+                if failure is None:
+                    logger.warning(
+                        "could not revoke the lease of an abandoned obtain of %r (%s); it expires with its TTL",
+                        self._key,
+                        exc,
+                    )
+                else:
+                    # The grant failed too: most likely there is no lease, and if etcd applied the grant
+                    # after all, the lease backs no key (no txn ran with it) and expires unnoticed.
+                    logger.debug(
+                        "obtain of %r: lease %x may not exist (its grant failed: %s); its revoke failed too (%s)",
+                        self._key,
+                        self._lease_id,
+                        failure,
+                        exc,
+                    )
         self._grant = None
 
 
