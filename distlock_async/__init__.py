@@ -6,11 +6,11 @@
     async with locker.lock("invoice:42") as lock:
         ...  # only one holder at a time; lock.fencing_token orders the holders
 
-Errors: :class:`NotObtainedError` when the key stays held by someone else for the whole retry budget,
-:class:`LockNotHeldError` when a release or refresh finds the lock gone, :class:`LockLostError` when
-``locker.lock()`` lost the lock in its body, :class:`BackendError` when the server fails; all derive from
-:class:`DistlockError`. Bad arguments raise :class:`TypeError` or :class:`ValueError`, use of a closed
-locker :class:`RuntimeError`.
+Errors: ``NotObtainedError`` when the key stays held by someone else for the whole retry budget,
+``LockNotHeldError`` when a release or refresh finds the lock gone, ``LockLostError`` when
+``locker.lock()`` lost the lock in its body, ``BackendError`` when the server fails; all derive from
+``DistlockError``. Bad arguments raise ``TypeError`` or ``ValueError``, use of a closed
+locker ``RuntimeError``.
 
 The Redis and etcd backends, and their client libraries, are imported when first used
 (``distlock_async.RedisLocker``, ``from_url("redis://...")``), as anyio loads its backends: a process that

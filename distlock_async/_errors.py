@@ -9,9 +9,9 @@
         │   └── LockLostError       raised by ``locker.lock()`` when the lock was lost in its body
         └── BackendError            the server could not be reached or answered an error
 
-Wrong types raise :class:`TypeError` and bad values :class:`ValueError`; use of a closed
-locker raises :class:`RuntimeError`. Errors of the client libraries (redis-py, gRPC, aetcd)
-never cross the public boundary: backends translate them into :class:`BackendError` with the
+Wrong types raise ``TypeError`` and bad values ``ValueError``; use of a closed
+locker raises ``RuntimeError``. Errors of the client libraries (redis-py, gRPC, aetcd)
+never cross the public boundary: backends translate them into ``BackendError`` with the
 original exception as ``__cause__``.
 """
 
@@ -59,9 +59,9 @@ class LockNotHeldError(DistlockError):
 class LockLostError(LockNotHeldError):
     """The lock was lost while the body of ``async with locker.lock(...)`` ran.
 
-    The body was cancelled when the loss was noticed. ``__cause__`` tells why the lock could not be kept
-    (a :class:`LockNotHeldError` when it is gone for sure, a :class:`BackendError` when it could not be
-    confirmed in time).
+    The body was cancelled when the loss was noticed. ``__cause__`` tells why the lock could not be kept:
+    a [`LockNotHeldError`][distlock_async.LockNotHeldError] when it is gone for sure, a
+    [`BackendError`][distlock_async.BackendError] when it could not be confirmed in time.
     """
 
     def __init__(self, key: str) -> None:

@@ -15,7 +15,7 @@ _L = TypeVar("_L", bound="Locker")
 
 @dataclass(frozen=True)
 class KeyState:
-    """A key as the server sees it, whoever holds it: what :meth:`Locker.inspect` returns.
+    """A key as the server sees it, whoever holds it: what [`Locker.inspect`][distlock_async.Locker.inspect] returns.
 
     Attributes:
         held: whether someone holds the lock now.
@@ -33,7 +33,7 @@ class KeyState:
 
 @runtime_checkable
 class Refresher(Protocol):
-    """The handle of a background refresh task started by :meth:`Lock.start_refresh`."""
+    """The handle of a background refresh task started by [`Lock.start_refresh`][distlock_async.Lock.start_refresh]."""
 
     @property
     def running(self) -> bool:
@@ -51,11 +51,11 @@ class Refresher(Protocol):
 
 @runtime_checkable
 class Lock(Protocol):
-    """A held distributed lock, as returned by :meth:`Locker.obtain`.
+    """A held distributed lock, as returned by [`Locker.obtain`][distlock_async.Locker.obtain].
 
     ``async with lock:`` releases it on exit. If the body raised, its exception propagates and a
     failed release is logged on the ``distlock_async`` logger; if the body succeeded and the release
-    fails, the :class:`~distlock_async.LockNotHeldError` propagates.
+    fails, the [`LockNotHeldError`][distlock_async.LockNotHeldError] propagates.
     """
 
     @property
@@ -109,7 +109,7 @@ class Lock(Protocol):
         ...
 
     def start_refresh(self, on_error: Callable[[BaseException], object] | None = None) -> Refresher:
-        """Start a task that calls :meth:`refresh` every ``refresh_interval`` seconds.
+        """Start a task that calls [`refresh`][distlock_async.Lock.refresh] every ``refresh_interval`` seconds.
 
         On the first failure the task calls ``on_error(exc)`` exactly once (a plain or an async callable;
         ``None`` logs a warning on the ``distlock_async`` logger) and exits, whatever ``on_error`` returns.
@@ -134,10 +134,10 @@ class Lock(Protocol):
 
 @runtime_checkable
 class Locker(Protocol):
-    """A backend that hands out :class:`Lock` objects for string keys.
+    """A backend that hands out [`Lock`][distlock_async.Lock] objects for string keys.
 
     Keys are non-empty ``str`` of at most 1024 UTF-8 bytes, any characters. Per-call keywords override
-    the locker's :class:`~distlock_async.Options`. ``async with locker:`` closes it on exit.
+    the locker's [`Options`][distlock_async.Options]. ``async with locker:`` closes it on exit.
     """
 
     async def obtain(
@@ -154,7 +154,8 @@ class Locker(Protocol):
         The budget is ``max_retries`` retries spaced ``retry_delay`` apart, or, with ``timeout``, that many
         seconds of trying (``math.inf``: until obtained or cancelled), still polling every ``retry_delay``.
         Either way a release by the holder wakes a waiter at once. ``ttl``, ``max_retries`` and
-        ``retry_delay`` override the locker's ``Options``; ``timeout`` replaces its ``max_retries``.
+        ``retry_delay`` override the locker's [`Options`][distlock_async.Options]; ``timeout`` replaces
+        its ``max_retries``.
 
         If the call is cancelled after the server granted the lock, the lock is released before the
         cancellation propagates.
@@ -180,10 +181,11 @@ class Locker(Protocol):
     ) -> AbstractAsyncContextManager[Lock]:
         """Hold the lock for ``key`` for the duration of an ``async with`` block.
 
-        Obtains on entry, with the same keywords and errors as :meth:`obtain` (a ``timeout`` counts from
-        entering the block), refreshes in the background every
+        Obtains on entry, with the same keywords and errors as [`obtain`][distlock_async.Locker.obtain]
+        (a ``timeout`` counts from entering the block), refreshes in the background every
         ``refresh_interval``, and releases on exit. If the lock is lost while the body runs (a refresh
-        fails), the body is cancelled and the ``async with`` raises :class:`~distlock_async.LockLostError`.
+        fails), the body is cancelled and the ``async with`` raises
+        [`LockLostError`][distlock_async.LockLostError].
         """
         ...
 
@@ -202,8 +204,8 @@ class Locker(Protocol):
         """Close the locker: stop every refresher it started and close a client it created itself.
 
         Held locks are not released (they expire); the body of a running ``lock()`` block is cancelled
-        and raises :class:`~distlock_async.LockLostError`. Idempotent. Afterwards ``obtain`` and ``lock``
-        raise :class:`RuntimeError`.
+        and raises [`LockLostError`][distlock_async.LockLostError]. Idempotent. Afterwards ``obtain`` and ``lock``
+        raise `RuntimeError`.
         """
         ...
 

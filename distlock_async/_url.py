@@ -13,12 +13,12 @@ __all__ = ["from_url"]
 def from_url(url: str, options: Options | None = None, *, etcd_options: EtcdOptions | None = None) -> Locker:
     """Create a locker, and the client it owns, from a URL.
 
-    ``memory://`` gives a :class:`~distlock_async.MemoryLocker` with a store of its own; ``redis://``,
-    ``rediss://`` and ``unix://`` a :class:`~distlock_async.RedisLocker` over a client it owns (see
-    :meth:`RedisLocker.from_url <distlock_async.RedisLocker.from_url>`); ``etcd://host:port[,host:port...]``
-    an :class:`~distlock_async.EtcdLocker` over a client it owns, which connects on first use and fails over
+    ``memory://`` gives a [`MemoryLocker`][distlock_async.MemoryLocker] with a store of its own; ``redis://``,
+    ``rediss://`` and ``unix://`` a [`RedisLocker`][distlock_async.RedisLocker] over a client it owns (see
+    [`RedisLocker.from_url`][distlock_async.RedisLocker.from_url]); ``etcd://host:port[,host:port...]``
+    an [`EtcdLocker`][distlock_async.EtcdLocker] over a client it owns, which connects on first use and fails over
     between the endpoints; ``etcds://`` the same over TLS, ``etcd://user:password@...`` authenticated (see
-    :meth:`EtcdLocker.from_url <distlock_async.EtcdLocker.from_url>`).
+    [`EtcdLocker.from_url`][distlock_async.EtcdLocker.from_url]).
 
     Args:
         url: where the locks live.

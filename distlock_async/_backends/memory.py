@@ -24,7 +24,7 @@ class _Entry:
 
 
 class MemoryStore:
-    """The lock table that :class:`MemoryLocker` objects share.
+    """The lock table that [`MemoryLocker`][distlock_async.MemoryLocker] objects share.
 
     Lockers built on one store contend with each other; a locker built without a ``store`` gets its
     own. Time is the event loop's clock, so a store serves the lockers of one process. Fencing tokens
@@ -173,8 +173,8 @@ class MemoryLocker(LockerBase[None]):
 
     Args:
         options: defaults for every lock of this locker.
-        store: share one :class:`MemoryStore` between lockers to have them contend; without it the
-            locker has a store of its own.
+        store: share one [`MemoryStore`][distlock_async.MemoryStore] between lockers to have them
+            contend; without it the locker has a store of its own.
 
     Raises:
         TypeError: ``options`` or ``store`` has the wrong type.

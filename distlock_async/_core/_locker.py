@@ -1,5 +1,5 @@
 """The locker every backend shares: argument checks, the retry loop with wake on release, cleanup of an
-obtain, ``lock()`` and ``aclose()``. A backend subclasses :class:`LockerBase` with its driver."""
+obtain, ``lock()`` and ``aclose()``. A backend subclasses ``LockerBase`` with its driver."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class LockerBase(Generic[H]):
 
     @property
     def options(self) -> Options:
-        """The locker's default :class:`~distlock_async.Options`."""
+        """The locker's default [`Options`][distlock_async.Options]."""
         return self._options
 
     def _check_usable(self) -> None:

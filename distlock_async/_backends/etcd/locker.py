@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+import sys
+from typing import TYPE_CHECKING
 
 import aetcd
 
@@ -13,10 +14,13 @@ from .config import check_client_options, parse_endpoints, parse_url
 from .contender import Held
 from .driver import EtcdDriver
 
+if TYPE_CHECKING:  # the docs show ``-> Self``, not a private TypeVar
+    if sys.version_info >= (3, 11):
+        from typing import Self
+    else:
+        from typing_extensions import Self
+
 __all__ = ["EtcdLocker"]
-
-
-_E = TypeVar("_E", bound="EtcdLocker")
 
 
 class EtcdLocker(LockerBase[Held]):
@@ -76,18 +80,18 @@ class EtcdLocker(LockerBase[Held]):
 
     @classmethod
     async def connect(
-        cls: type[_E],
+        cls,
         endpoints: list[str],
         options: Options | None = None,
         etcd_options: EtcdOptions | None = None,
         *,
         namespace: str = "distlock/",
-    ) -> _E:
+    ) -> Self:
         """A locker over a client of its own, connected to ``endpoints`` of one etcd cluster.
 
-        The client fails over between the endpoints (gRPC's multi-address ``pick_first``); host names are
-        resolved once, here. Connecting waits at most ``EtcdOptions.dial_timeout`` seconds. The locker
-        closes the client in ``aclose()``.
+        Calls go round robin over the endpoints and move on from a member that is down or has no
+        leader; host names are resolved once, here. Connecting waits at most
+        ``EtcdOptions.dial_timeout`` seconds. The locker closes the client in ``aclose()``.
 
         With ``EtcdOptions.tls`` the client speaks TLS; with ``username`` and ``password`` it authenticates
         once connected (within ``session_timeout``), and again whenever etcd refuses its token.
@@ -111,19 +115,19 @@ class EtcdLocker(LockerBase[Held]):
 
     @classmethod
     def from_url(
-        cls: type[_E],
+        cls,
         url: str,
         options: Options | None = None,
         etcd_options: EtcdOptions | None = None,
         *,
         namespace: str = "distlock/",
-    ) -> _E:
+    ) -> Self:
         """A locker over ``etcd://host:port[,host:port...]`` that owns its client and connects on first use.
 
         ``etcds://`` connects over TLS. ``user:password@`` before the hosts authenticates as that etcd
         user (both percent-decoded). Query parameters name the TLS files and the certificates' name:
         ``etcds://h1:2379,h2:2379?ca_file=ca.pem&cert_file=client.pem&key_file=client-key.pem&server_name=etcd``.
-        What the URL sets lands in the :class:`~distlock_async.EtcdOptions` fields of the same names
+        What the URL sets lands in the [`EtcdOptions`][distlock_async.EtcdOptions] fields of the same names
         (``tls`` from the scheme); ``etcd_options`` may set the others, not a different value of these.
         No message ever shows the password.
 
@@ -139,12 +143,12 @@ class EtcdLocker(LockerBase[Held]):
 
     @classmethod
     def _unconnected(
-        cls: type[_E],
+        cls,
         endpoints: list[tuple[str, int]],
         options: Options | None,
         etcd_options: EtcdOptions | None,
         namespace: str,
-    ) -> _E:
+    ) -> Self:
         self = cls.__new__(cls)
         self._init(None, endpoints, options, etcd_options, namespace)
         return self

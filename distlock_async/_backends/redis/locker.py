@@ -26,7 +26,7 @@ class RedisLocker(LockerBase[None]):
     Lock commands go over a connection of the locker's own, made from the client's settings, never
     through redis-py's retrying ``execute_command``: a lock command is sent at most once, and one that
     gets no reply within the client's ``socket_timeout`` (5 s if it has none) fails with
-    :class:`~distlock_async.BackendError`. Wake-ups use one pub/sub connection from the client's pool
+    [`BackendError`][distlock_async.BackendError]. Wake-ups use one pub/sub connection from the client's pool
     while any task is waiting.
 
     Args:
@@ -35,7 +35,7 @@ class RedisLocker(LockerBase[None]):
         options: defaults for every lock of this locker.
         namespace: prefix of every key the locker writes.
         replicas: after taking a lock, wait until this many replicas have it (Redis ``WAIT``), or release it
-            and raise :class:`~distlock_async.BackendError`: a failover then cannot promote a replica
+            and raise [`BackendError`][distlock_async.BackendError]: a failover then cannot promote a replica
             that never saw the lock. ``0`` (the default) does not wait. Costs one more round trip per
             obtain.
         replica_timeout: seconds ``WAIT`` waits for the replicas, at most; it holds up the locker's
