@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
@@ -128,15 +129,15 @@ def test_memory_locker_rejects_wrong_argument_types() -> None:
 CLIENT_MODULES = ("redis", "hiredis", "grpc", "aetcd")
 
 
-def _imported_by(code: str) -> list[str]:
-    """The client modules (top-level names) that are imported after running ``code`` in a fresh interpreter."""
+def _imported_by(code: str, modules: tuple[str, ...] = CLIENT_MODULES) -> list[str]:
+    """Which of ``modules`` (top-level names) are imported after running ``code`` in a fresh interpreter."""
     source_root = str(Path(distlock_async.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([source_root, os.environ.get("PYTHONPATH", "")])}
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.partition('.')[0] for m in sys.modules}})))"
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.splitlines()[-1])
-    return [name for name in CLIENT_MODULES if name in loaded]
+    return [name for name in modules if name in loaded]
 
 
 def test_import_loads_no_client_library() -> None:
@@ -146,6 +147,22 @@ def test_import_loads_no_client_library() -> None:
 def test_memory_locker_loads_no_client_library() -> None:
     code = "import asyncio, distlock_async\nasyncio.run(distlock_async.from_url('memory://').aclose())"
     assert _imported_by(code) == []
+
+
+def test_metrics_import_no_opentelemetry() -> None:
+    """OpenTelemetry is optional, and may be installed without being used (a web framework depends on
+    it, as here): the library never imports it, it only records once the application has."""
+    assert importlib.util.find_spec("opentelemetry.metrics") is not None, "the test needs it installed"
+    code = (
+        "import asyncio, distlock_async\n"
+        "async def main():\n"
+        "    async with distlock_async.MemoryLocker() as locker:\n"
+        "        await (await locker.obtain('k')).release()\n"
+        "        async with locker.lock('k'):\n"
+        "            pass\n"
+        "asyncio.run(main())"
+    )
+    assert _imported_by(code, ("opentelemetry",)) == []
 
 
 def test_a_backend_loads_its_own_client_library_only() -> None:

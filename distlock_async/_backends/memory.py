@@ -180,6 +180,8 @@ class MemoryLocker(LockerBase[None]):
         TypeError: ``options`` or ``store`` has the wrong type.
     """
 
+    _backend = "memory"
+
     def __init__(self, options: Options | None = None, *, store: MemoryStore | None = None) -> None:
         if store is not None and not isinstance(store, MemoryStore):
             raise TypeError(f"store must be a distlock_async.MemoryStore or None, not {type(store).__name__}")

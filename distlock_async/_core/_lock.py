@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Generic
 
 from .._errors import LockNotHeldError
+from . import _metrics
 from ._aio import finish
 from ._driver import Driver, H
 
@@ -32,14 +33,16 @@ def show_as(public: str, cls: type) -> None:
 
 class Binding(Generic[H]):
     """What the locks of one locker share with it, and all they know of it: its driver, whether it may
-    still be used, and the refreshers that its ``aclose()`` stops."""
+    still be used, the refreshers that its ``aclose()`` stops, and which backend it is (for metrics)."""
 
-    __slots__ = ("closed", "driver", "loop", "owner", "refreshers")
+    __slots__ = ("backend", "closed", "driver", "loop", "owner", "refreshers")
 
-    def __init__(self, driver: Driver[H], owner: str) -> None:
+    def __init__(self, driver: Driver[H], owner: str, backend: str) -> None:
         self.driver = driver
         #: The locker's class name, for messages.
         self.owner = owner
+        #: ``memory``, ``redis`` or ``etcd``: the ``distlock.backend`` of its metrics.
+        self.backend = backend
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.refreshers: set[RefreshTask[H]] = set()
@@ -62,10 +65,13 @@ class HeldLock(Generic[H]):
 
     __slots__ = (
         "_binding",
+        "_ended",
         "_fencing_token",
         "_handle",
         "_interval",
         "_key",
+        "_kind",
+        "_obtained_at",
         "_refresher",
         "_released",
         "_token",
@@ -81,6 +87,7 @@ class HeldLock(Generic[H]):
         handle: H,
         ttl: float,
         interval: float,
+        kind: str = _metrics.LOCK,
     ) -> None:
         self._binding = binding
         self._key = key
@@ -91,6 +98,10 @@ class HeldLock(Generic[H]):
         self._interval = interval
         self._released = False
         self._refresher: RefreshTask[H] | None = None
+        self._kind = kind
+        self._obtained_at = asyncio.get_running_loop().time()
+        #: Whether the hold was recorded as over (released or lost): it is recorded once.
+        self._ended = False
 
     @property
     def key(self) -> str:
@@ -114,13 +125,27 @@ class HeldLock(Generic[H]):
             await asyncio.sleep(0)
             raise LockNotHeldError(self._key, f"lock {self._key!r} was already released")
         self._released = True
-        owned = await finish(
-            self._stop_refresher_and_release,
-            timeout=self._binding.driver.cleanup_timeout,
-            what=f"release of lock {self._key!r}",
-        )
+        try:
+            owned = await finish(
+                self._stop_refresher_and_release,
+                timeout=self._binding.driver.cleanup_timeout,
+                what=f"release of lock {self._key!r}",
+            )
+        except BaseException:
+            self._end(lost=False)  # let go of, whatever the server made of it
+            raise
+        self._end(lost=not owned)
         if not owned:
             raise LockNotHeldError(self._key)
+
+    def _end(self, *, lost: bool) -> None:
+        """The hold is over: released (or let go of), or ``lost`` -- found gone without a release, or given
+        up by ``lock()``. Recorded once, at the first of these."""
+        if self._ended:
+            return
+        self._ended = True
+        held = asyncio.get_running_loop().time() - self._obtained_at
+        _metrics.hold_ended(self._binding.backend, self._kind, held, lost=lost)
 
     async def _stop_refresher_and_release(self) -> bool:
         # Idempotent as a whole, so that ``finish`` can run it again after a cancellation.
@@ -134,6 +159,7 @@ class HeldLock(Generic[H]):
             await asyncio.sleep(0)
             raise LockNotHeldError(self._key, f"lock {self._key!r} was released")
         if not await self._binding.driver.extend(self._key, self._token, self._handle, self._ttl):
+            self._end(lost=True)
             raise LockNotHeldError(self._key)
 
     async def ttl(self) -> float:

@@ -8,7 +8,7 @@ import logging
 import secrets
 from functools import partial
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
 
@@ -16,6 +16,7 @@ from .._errors import LockLostError, LockNotHeldError, NotObtainedError
 from .._options import Options
 from .._protocols import KeyState
 from .._validate import check_count, check_key, check_seconds, check_timeout
+from . import _metrics
 from ._aio import finish, reraise_swallowed_cancel
 from ._driver import Contender, Driver, Granted, H, Inspector
 from ._lock import Binding, HeldLock, show_as
@@ -62,12 +63,15 @@ class _Settings:
 class LockerBase(Generic[H]):
     """What every backend's locker does; the contract is on the ``distlock_async.Locker`` protocol."""
 
+    #: The ``distlock.backend`` attribute of the locker's metrics: ``memory``, ``redis`` or ``etcd``.
+    _backend: ClassVar[str] = "unknown"
+
     def __init__(self, driver: Driver[H], options: Options | None) -> None:
         if options is not None and not isinstance(options, Options):
             raise TypeError(f"options must be distlock_async.Options or None, not {type(options).__name__}")
         self._driver = driver
         self._options = options or Options()
-        self._binding = Binding(driver, type(self).__name__)
+        self._binding = Binding(driver, type(self).__name__, self._backend)
         self._contexts: set[LockContext[H]] = set()
 
     @property
@@ -118,6 +122,8 @@ class LockerBase(Generic[H]):
             return
         self._binding.closed = True
         for context in list(self._contexts):
+            if context._lock is not None:
+                context._lock._end(lost=False)  # the application let go of it: closed, not lost
             context._lose(RuntimeError(f"{type(self).__name__} was closed while the lock was held"))
         refreshers = list(self._binding.refreshers)
         for refresher in refreshers:
@@ -137,6 +143,17 @@ class LockerBase(Generic[H]):
         await self.aclose()
 
     async def _obtain(self, key: str, settings: _Settings) -> HeldLock[H]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            lock = await self._obtain_once(key, settings)
+        except BaseException as exc:
+            _metrics.obtain_ended(self._backend, _metrics.LOCK, _outcome(exc), loop.time() - started)
+            raise
+        _metrics.obtain_ended(self._backend, _metrics.LOCK, _metrics.ACQUIRED, loop.time() - started)
+        return lock
+
+    async def _obtain_once(self, key: str, settings: _Settings) -> HeldLock[H]:
         driver = self._driver
         token = secrets.token_hex(16)
         contender = driver.contender(key, token, settings.ttl)
@@ -237,6 +254,7 @@ class LockContext(Generic[H]):
         self._locker._contexts.discard(self)
         swallowed = self._scope.__exit__(exc_type, exc, tb)
         if self._loss is not None and (exc is None or swallowed or not isinstance(exc, asyncio.CancelledError)):
+            self._lock._end(lost=True)  # whatever the release below finds: the body lost the lock
             await self._release_quietly()
             raise LockLostError(self._key) from self._loss
         if exc is not None and not swallowed:
@@ -258,6 +276,14 @@ class LockContext(Generic[H]):
             await self._lock.release()
         except Exception as exc:
             logger.debug("release of lock %r on the way out failed: %r", self._key, exc)
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, NotObtainedError):
+        return _metrics.NOT_OBTAINED
+    if isinstance(exc, Exception):
+        return _metrics.ERROR
+    return _metrics.CANCELLED  # asyncio.CancelledError, or an interrupt
 
 
 show_as("Locker", LockerBase)

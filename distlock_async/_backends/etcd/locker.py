@@ -49,6 +49,8 @@ class EtcdLocker(LockerBase[Held]):
         TypeError: an argument has the wrong type.
     """
 
+    _backend = "etcd"
+
     def __init__(
         self,
         client: aetcd.Client,

@@ -46,6 +46,8 @@ class RedisLocker(LockerBase[None]):
         ValueError: ``namespace`` is empty, ``replicas`` negative, ``replica_timeout`` not positive.
     """
 
+    _backend = "redis"
+
     def __init__(
         self,
         client: Any,
