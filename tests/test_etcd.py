@@ -548,8 +548,10 @@ async def test_a_grant_lost_with_its_member_is_no_warning_of_an_abandoned_lease(
         await locker.aclose()
     finally:
         server.cleanup()
-    assert not [r for r in caplog_debug.records if r.levelname == "WARNING"]
-    assert [r for r in caplog_debug.records if "may not exist (its grant failed" in r.getMessage()]
+    # The library's own records: asyncio's debug mode warns of slow callbacks on a busy machine.
+    ours = [r for r in caplog_debug.records if r.name == "distlock_async"]
+    assert not [r for r in ours if r.levelno >= logging.WARNING]
+    assert [r for r in ours if "may not exist (its grant failed" in r.getMessage()]
 
 
 async def test_a_connect_that_times_out_chains_the_timeout_naming_the_endpoints() -> None:

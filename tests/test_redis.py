@@ -210,8 +210,9 @@ async def test_an_unreachable_server_is_a_plain_backend_error_with_nothing_to_un
         assert traceback.format_exception_only(exc)[0].startswith("distlock_async.BackendError: redis at")
         assert isinstance(exc.__cause__, (OSError, redis.exceptions.ConnectionError))
         assert "TLS" not in str(exc)
-    # Nothing was written, so there is no undo that could fail and warn.
-    assert not [r for r in caplog_debug.records if r.levelname == "WARNING"]
+    # Nothing was written, so there is no undo that could fail and warn (asyncio's debug mode may warn of
+    # slow callbacks on a busy machine: only the library's records count).
+    assert not [r for r in caplog_debug.records if r.name == "distlock_async" and r.levelname == "WARNING"]
 
 
 async def test_rediss_against_a_plain_text_server_hints_at_tls(redis_server: RedisServer) -> None:
