@@ -33,15 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 30.0
 
 
-#: Tests that Redis passes only once its waiters queue on the server (issue 13).
-_NEEDS_THE_REDIS_QUEUE = ("in_the_order_they_queued", "killed_at_the_head")
-
-
 @pytest.fixture(params=["redis", "redis-sentinel", "redis-cluster", "etcd"])
 def target(request: pytest.FixtureRequest) -> str:
     """What a contender process connects to (see ``tests/contender.py``)."""
-    if request.param.startswith("redis") and any(n in request.node.name for n in _NEEDS_THE_REDIS_QUEUE):
-        pytest.skip("Redis hands a released lock to whichever process is quickest (issue 13: a queue on the server)")
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         return server.url
