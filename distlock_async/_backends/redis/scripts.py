@@ -45,10 +45,17 @@ _PRELUDE = """
 local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local grace = tonumber(ARGV[2])
-local dead = redis.call('zrangebyscore', KEYS[4], '-inf', now)
-if #dead > 0 then
-  redis.call('zrem', KEYS[3], unpack(dead))
-  redis.call('zrem', KEYS[4], unpack(dead))
+-- Whether anyone waits; the waiters who are not kept alive are dropped first.
+local function waiting()
+  if redis.call('exists', KEYS[4]) == 0 then
+    return false
+  end
+  local dead = redis.call('zrangebyscore', KEYS[4], '-inf', now)
+  if #dead > 0 then
+    redis.call('zrem', KEYS[3], unpack(dead))
+    redis.call('zrem', KEYS[4], unpack(dead))
+  end
+  return redis.call('exists', KEYS[3]) == 1
 end
 local function leave(token)
   redis.call('zrem', KEYS[3], token)
@@ -63,7 +70,7 @@ local function grant(token, ttl)
   return fence
 end
 local function pass_on()
-  local head = redis.call('zrange', KEYS[3], 0, 0)[1]
+  local head = waiting() and redis.call('zrange', KEYS[3], 0, 0)[1]
   if head then
     local fence = grant(head, grace)
     leave(head)
@@ -94,13 +101,15 @@ if held == ARGV[1] then
   return {1, tonumber(redis.call('get', KEYS[2]))}
 end
 if not held then
-  local head = redis.call('zrange', KEYS[3], 0, 0)[1]
+  local head = waiting() and redis.call('zrange', KEYS[3], 0, 0)[1]
   if not head or head == ARGV[1] then
     local fence = grant(ARGV[1], ARGV[3])
     if head then leave(ARGV[1]) end
     return {1, fence}
   end
   pass_on()
+else
+  waiting()
 end
 if not redis.call('zscore', KEYS[3], ARGV[1]) then
   local last = redis.call('zrange', KEYS[3], -1, -1, 'withscores')[2]
