@@ -260,11 +260,10 @@ async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisS
 
 
 async def test_a_waiter_that_gives_up_leaves_no_reservation_behind(redis_server: RedisServer) -> None:
-    """A release reserves the lock for 50 ms when someone listens on its channel. A waiter that was
-    cancelled must not be counted by a release that comes after it left, or the lock would be reserved
-    for nobody and a try-lock refused although the lock is free. The waiter's wake-up connection goes
-    over a slow link (a delay proxy) while its lock commands do not, so its subscription outlives its
-    cancellation on the server unless the locker waits for the server to drop it."""
+    """A waiter that was cancelled leaves the server's queue (in a shielded cleanup), so a release after
+    that does not hand the lock to nobody: a try-lock gets it at once. The waiter's wake-up connection
+    goes over a slow link (a delay proxy) while its lock commands do not, so its subscription outlives its
+    cancellation on the server: what matters is the queue, not who listens."""
     admin = client_for(redis_server.port)
     async with (
         FaultProxy(redis_server.port, delay=0.1) as slow,
@@ -287,6 +286,34 @@ async def test_a_waiter_that_gives_up_leaves_no_reservation_behind(redis_server:
         await far.client.aclose()
         await near.client.aclose()
     await admin.aclose()
+
+
+async def test_a_long_wait_keeps_the_waiters_place_in_the_queue(redis_server: RedisServer) -> None:
+    """A waiter whose attempts are a minute apart keeps its place by touching it every second, so the
+    queue does not drop it after 3 s: a waiter that queued after it does not overtake it. (Were it
+    dropped, the later waiter would get the lock and this test would wait for the first in vain.)"""
+    async with (
+        RedisLocker(client_for(redis_server.port)) as holder,
+        RedisLocker(client_for(redis_server.port)) as one,
+        RedisLocker(client_for(redis_server.port)) as two,
+    ):
+        held = await holder.obtain("long", ttl=30)
+        tasks = []
+        for locker in (one, two):
+            with log_event("is held by another owner; waiting") as queued, anyio.fail_after(20):
+                tasks.append(asyncio.create_task(locker.obtain("long", retry_delay=60, max_retries=1)))
+                await queued.wait()
+        await asyncio.sleep(4.5)  # longer than a place lasts without keep-alives: time passing is the point
+        await held.release()
+        first, second = tasks
+        with anyio.fail_after(20):
+            lock = await first
+        assert not second.done()
+        await lock.release()
+        with anyio.fail_after(20):
+            await (await second).release()
+        for locker in (holder, one, two):
+            await locker.client.aclose()
 
 
 async def test_eight_tasks_on_one_key_take_turns(redis_server: RedisServer) -> None:
