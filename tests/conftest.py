@@ -243,7 +243,7 @@ async def _redis_sentinel(request: pytest.FixtureRequest) -> AsyncIterator[Backe
     servers: RedisSentinelServers = request.getfixturevalue("redis_sentinel")
 
     def make_client() -> tuple[Any, list[Any]]:
-        sentinel = Sentinel([("127.0.0.1", servers.sentinel.port)], socket_timeout=5)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel([("127.0.0.1", servers.sentinel.port)], socket_timeout=5)  # type: ignore[no-untyped-call,unused-ignore]
         return sentinel.master_for(servers.master_name, socket_timeout=5), list(sentinel.sentinels)
 
     async for backend in _redis_backend("redis-sentinel", redis.asyncio.Redis(port=servers.master.port), make_client):

@@ -684,7 +684,7 @@ async def test_a_sentinel_failover_with_replication_cut_loses_the_lock_unless_re
         sentinel = _Sentinel(master.port, "mymaster")
         stack.callback(sentinel.cleanup)
         sentinel.start()
-        sentinels = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=2)  # type: ignore[no-untyped-call]
+        sentinels = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=2)  # type: ignore[no-untyped-call,unused-ignore]
         for connection in sentinels.sentinels:
             stack.push_async_callback(connection.aclose)
 
