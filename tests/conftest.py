@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from importlib.metadata import version
 from typing import Any
 
 import aetcd
@@ -29,10 +30,17 @@ from distlock_async.testing.servers import (
     RedisClusterServers,
     RedisSentinelServers,
     RedisServer,
+    describe_binaries,
 )
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker
 from .helpers import Backend
+
+
+def pytest_report_header() -> list[str]:
+    """The servers and client libraries of this run: a cell of the version matrix shows here."""
+    clients = ", ".join(f"{name} {version(name)}" for name in ("redis", "aetcd", "anyio"))
+    return [*describe_binaries(), f"clients: {clients}"]
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """A worker process with a locker of its own that waits for one lock: the multi-process tests' contender.
 
-``python -m tests.contender TARGET KEY NAME --log FILE`` makes a locker (``TARGET`` is a URL, or
-``sentinel:HOST:PORT:MASTER`` / ``cluster:HOST:PORT`` for the Redis topologies that have no URL form),
+``python -m tests.contender TARGET KEY NAME --log FILE`` makes a locker (``TARGET`` as in ``tests/targets.py``),
 obtains ``KEY`` with an unbounded budget and, once it holds the lock, appends one JSON line
 ``{"name", "fencing_token"}`` to ``FILE`` (under ``flock``: several workers share it), holds it
 ``--hold`` seconds and releases it. It prints ``queued`` on stdout, once, as soon as its first attempt
@@ -19,11 +18,12 @@ import json
 import logging
 import math
 import sys
-from typing import Any
 
 import anyio
 
-from distlock_async import Lock, Locker, Options, RedisLocker, from_url
+from distlock_async import Lock, Options
+
+from .targets import make_locker
 
 
 class _Queued(logging.Handler):
@@ -35,25 +35,6 @@ class _Queued(logging.Handler):
         if not self.told and "is held by another owner; waiting" in record.getMessage():
             self.told = True
             print("queued", flush=True)
-
-
-def _locker(target: str, options: Options) -> tuple[Locker, list[Any]]:
-    """The locker, and clients to close after it."""
-    kind, _, rest = target.partition(":")
-    if kind == "sentinel":
-        from redis.asyncio.sentinel import Sentinel
-
-        host, port, master = rest.split(":")
-        sentinel = Sentinel([(host, int(port))], socket_timeout=5)
-        client = sentinel.master_for(master, socket_timeout=5)
-        return RedisLocker(client, options), [client, *sentinel.sentinels]
-    if kind == "cluster":
-        from redis.asyncio.cluster import RedisCluster
-
-        host, port = rest.split(":")
-        client = RedisCluster(host=host, port=int(port), socket_timeout=5)
-        return RedisLocker(client, options), [client]
-    return from_url(target, options), []
 
 
 def _record(path: str, name: str, fencing_token: int) -> None:
@@ -68,7 +49,9 @@ async def _main(args: argparse.Namespace) -> int:
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
     lock: Lock | None = None
-    locker, clients = _locker(args.target, Options(ttl=args.ttl, max_retries=1_000_000, retry_delay=args.retry_delay))
+    locker, clients = make_locker(
+        args.target, Options(ttl=args.ttl, max_retries=1_000_000, retry_delay=args.retry_delay)
+    )
     try:
         async with locker:
             with anyio.move_on_after(args.give_up_after):

@@ -20,7 +20,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +29,14 @@ from typing import Any, TextIO
 from distlock_async import (
     BackendError,
     EtcdOptions,
+    Locker,
     LockLostError,
     LockNotHeldError,
     NotObtainedError,
     Options,
-    from_url,
 )
+
+from .targets import make_locker
 
 #: What a checker test saw, filled in by the test and printed by conftest's ``figures`` fixture.
 Figures = dict[str, Any]
@@ -96,41 +98,57 @@ async def _work(args: argparse.Namespace, log: TextIO) -> None:
     options = Options(ttl=args.ttl, max_retries=1000, retry_delay=0.05)
     # Redis takes its deadline from the URL (socket_timeout); etcd from EtcdOptions.
     etcd_options = EtcdOptions(session_timeout=args.etcd_deadline) if args.url.startswith("etcd://") else None
-    async with from_url(args.url, options, etcd_options=etcd_options) as locker:
-        done = 0
-        while done < args.sections:
-            started = time.monotonic_ns()
-            section: dict[str, Any] = {"event": "section"}
-            try:
-                if args.mode == "lock":
-                    async with locker.lock(args.key) as lock:
-                        section["obtained_at"] = time.monotonic_ns()
-                        emit(event="obtained", token=lock.fencing_token)
-                        try:
-                            await _section(store, lock.fencing_token, rng, section, hold)
-                            await asyncio.sleep(args.linger)  # work after the write, under the lock
-                        finally:  # the body ends here, cancelled or not
-                            section["done_at"] = time.monotonic_ns()
-                    section["release"] = "ok"
-                else:
-                    held = await locker.obtain(args.key)
+    locker, clients = make_locker(args.url, options, etcd_options)
+    try:
+        await _sections(args, locker, store, hold, rng, emit)
+    finally:
+        await locker.aclose()
+        for client in clients:
+            await client.aclose()
+
+
+async def _sections(
+    args: argparse.Namespace,
+    locker: Locker,
+    store: FencedStore,
+    hold: Path | None,
+    rng: random.Random,
+    emit: Callable[..., None],
+) -> None:
+    done = 0
+    while done < args.sections:
+        started = time.monotonic_ns()
+        section: dict[str, Any] = {"event": "section"}
+        try:
+            if args.mode == "lock":
+                async with locker.lock(args.key) as lock:
                     section["obtained_at"] = time.monotonic_ns()
-                    emit(event="obtained", token=held.fencing_token)
-                    await _section(store, held.fencing_token, rng, section, hold)
-                    section["done_at"] = time.monotonic_ns()
+                    emit(event="obtained", token=lock.fencing_token)
                     try:
-                        await held.release()
-                        section["release"] = "ok"
-                    except LockNotHeldError:
-                        section["release"] = "not-held"
-            except (NotObtainedError, BackendError, LockLostError, LockNotHeldError) as exc:
-                section["error"] = type(exc).__name__
-                section["error_after_ms"] = (time.monotonic_ns() - started) / 1e6
-            if "token" in section:
-                done += 1
-            emit(**section)
-            if "error" in section and "token" not in section:
-                await asyncio.sleep(0.02)  # the backend is down: do not spin
+                        await _section(store, lock.fencing_token, rng, section, hold)
+                        await asyncio.sleep(args.linger)  # work after the write, under the lock
+                    finally:  # the body ends here, cancelled or not
+                        section["done_at"] = time.monotonic_ns()
+                section["release"] = "ok"
+            else:
+                held = await locker.obtain(args.key)
+                section["obtained_at"] = time.monotonic_ns()
+                emit(event="obtained", token=held.fencing_token)
+                await _section(store, held.fencing_token, rng, section, hold)
+                section["done_at"] = time.monotonic_ns()
+                try:
+                    await held.release()
+                    section["release"] = "ok"
+                except LockNotHeldError:
+                    section["release"] = "not-held"
+        except (NotObtainedError, BackendError, LockLostError, LockNotHeldError) as exc:
+            section["error"] = type(exc).__name__
+            section["error_after_ms"] = (time.monotonic_ns() - started) / 1e6
+        if "token" in section:
+            done += 1
+        emit(**section)
+        if "error" in section and "token" not in section:
+            await asyncio.sleep(0.02)  # the backend is down: do not spin
 
 
 async def _section(

@@ -162,8 +162,6 @@ async def test_waiters_of_several_lockers_are_served_in_the_order_they_queued(ba
     after another (each starts once the one before has found the key taken); on release they get the
     lock in that order. Asserted by order, not timing: each waiter has one attempt per minute, so only
     wake-ups move them, and each notes its turn while it holds the lock."""
-    if backend.name.startswith("redis"):
-        pytest.skip("Redis hands a released lock to whichever waiter is first to take it (issue 13)")
     holder = await backend.locker().obtain("fifo")
     served: list[int] = []
 

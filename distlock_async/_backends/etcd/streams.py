@@ -199,9 +199,11 @@ class Watches:
         self._stream = _Stream("watch", open_call, self._response, self._failure)
 
     def _response(self, response: Any) -> None:
-        if response.canceled and response.watch_id == _INVALID_WATCH_ID:
-            # etcd refused a create without saying which (an expired token, say): this stream's token is
-            # no good. Every watch looks again, and the next one opens a stream with the current token.
+        if response.canceled and (response.watch_id == _INVALID_WATCH_ID or response.created):
+            # etcd refused a create (an expired token, say): this stream's token is no good. etcd 3.4 does
+            # not say which watch (ID -1), 3.5 answers "created and canceled" with the watch's ID. Every
+            # watch looks again, and the next one opens a stream with the current token (a Range first
+            # renews it), instead of creating the watch again on this stream, refused again, in a loop.
             self._stream.reset(ConnectionError(f"etcd refused a watch: {response.cancel_reason}"))
             return
         watch = self._watches.get(response.watch_id)

@@ -1,5 +1,5 @@
-"""One ``obtain`` on Redis: its attempts, its place among the locker's waiters, and the undo of an
-attempt whose outcome is unknown."""
+"""One ``obtain`` on Redis: its attempts, its place in the lock's queue on the server, and the undo of
+an attempt whose outcome is unknown."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-import anyio.lowlevel
-
 from ..._core._aio import Signal
 from ..._core._driver import Busy, Granted
 from ..._errors import BackendError
-from .scripts import OBTAIN, UNRESERVE, Keys, ms
+from .scripts import OBTAIN, WAITER_TTL_MS, Keys, ms
 from .wire import unsent
 
 if TYPE_CHECKING:
@@ -24,7 +22,16 @@ logger = logging.getLogger("distlock_async")
 
 
 class RedisContender:
-    __slots__ = ("_driver", "_keys", "_signal", "_token", "_ttl_ms", "_uncertain")
+    """One ``obtain``: its attempts, its place in the lock's queue on the server, and its wake-ups.
+
+    The first attempt that finds the lock taken queues the contender on the server; every attempt keeps
+    its place alive, and while it waits longer than ``WAITER_TTL_MS / 3`` between attempts it touches it.
+    A release hands the lock to the first waiter and names it on the lock's channel: only that waiter
+    wakes, and its next attempt confirms the lock (one round trip, no race). Leaving without the lock
+    takes the contender out of the queue and passes on a lock handed to it meanwhile.
+    """
+
+    __slots__ = ("_driver", "_keys", "_queued", "_signal", "_token", "_ttl_ms", "_uncertain")
 
     def __init__(self, driver: RedisDriver, key: str, token: str, ttl: float) -> None:
         self._driver = driver
@@ -32,25 +39,19 @@ class RedisContender:
         self._token = token
         self._ttl_ms = ms(ttl)
         self._signal: Signal | None = None
+        #: An attempt found the lock taken: we have a place in the queue (or had one) to give back.
+        self._queued = False
+        #: An attempt's outcome is unknown (cancelled or timed out on the wire): it may have queued us or
+        #: taken the lock; close() leaves the queue, which also passes such a lock on.
         self._uncertain = False
 
     async def attempt(self) -> Granted[None] | Busy:
-        subscriber, channel, signal = self._driver.subscriber, self._keys.lock, self._signal
-        if signal is not None:
-            signal.clear()
-            subscriber.tried(channel, signal)
-        if subscriber.deferring(channel, signal):
-            # This locker is handing the lock from a release to its longest waiter: queue behind it.
-            await anyio.lowlevel.checkpoint()
-            return Busy()
+        if self._signal is not None:
+            self._signal.clear()
         keys = self._keys
         try:
             reply = await self._driver.run(
-                OBTAIN,
-                keys.lock,
-                (keys.lock, keys.fence),
-                (self._token, self._ttl_ms, "0" if signal is None else "1"),
-                undoable=True,
+                OBTAIN, keys.lock, keys.all, (self._token, WAITER_TTL_MS, self._ttl_ms), undoable=True
             )
         except BaseException as exc:
             # The command may have been applied (unless no connection could be made): close() deletes the
@@ -63,43 +64,47 @@ class RedisContender:
                 try:
                     await self._driver.replicated(keys.lock)
                 except BaseException:
-                    self._uncertain = True  # close() releases the lock we just took
+                    self._uncertain = True  # close() passes on the lock we just took
                     raise
             return Granted(int(reply[1]), None)
+        self._queued = True
         pttl = int(reply[1])
         return Busy(pttl / 1000 if pttl >= 0 else None)
 
     async def wait(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         signal = self._signal
         if signal is None:
             signal = self._signal = Signal()
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            if await self._driver.subscriber.join(self._keys.lock, signal, timeout):
-                return True  # subscribed just now: check again, a release may have come before
-            timeout -= loop.time() - start
-            if timeout <= 0:
+            if await self._driver.subscriber.join(self._keys.lock, self._token, signal, timeout):
+                return True  # subscribed just now: check again, the lock may have been handed over before
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
                 return signal.is_set()
-        return await signal.wait(timeout)
+            if await signal.wait(min(left, _KEEP_ALIVE)):
+                return True
+            if loop.time() < deadline and not await self._driver.touch(self._keys, self._token):
+                return True  # our place was dropped (this process stalled): queue again
+            # Kept alive; wait on.
 
     async def close(self, granted: Granted[None] | None) -> None:
         signal, self._signal = self._signal, None
         if signal is not None:
-            others_wait = await self._driver.subscriber.leave(self._keys.lock, signal, confirm=granted is None)
-            if granted is None and not others_wait:
-                # A release may have reserved the lock for waiters such as this one, which leaves without
-                # it (cancelled, or out of retries): nobody of this locker will take the reservation.
-                try:
-                    await self._driver.run(UNRESERVE, self._keys.lock, (self._keys.lock,), ())
-                except BackendError as exc:
-                    logger.debug("could not free the hand-off reservation of %r: %s", self._keys.lock, exc)
-        if granted is None and self._uncertain:
-            self._uncertain = False
+            await self._driver.subscriber.leave(self._keys.lock, self._token)
+        if granted is None and (self._queued or self._uncertain):
             try:
-                await self._driver.release_key(self._keys.lock, self._token)
+                await self._driver.leave(self._keys, self._token)
             except BackendError as exc:
                 logger.warning(
-                    "could not undo an interrupted obtain of %r (%s); if it was applied, it expires with its TTL",
+                    "could not take an abandoned obtain of %r out of the queue (%s); its place expires within %.0f s",
                     self._keys.lock,
                     exc,
+                    WAITER_TTL_MS / 1000,
                 )
+            self._queued = self._uncertain = False
+
+
+#: The longest a waiter sleeps without an attempt or a touch that keeps its place in the queue.
+_KEEP_ALIVE = WAITER_TTL_MS / 3000

@@ -3,6 +3,7 @@ included), and release, refresh, ``ttl()`` and inspection of a lock."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -14,7 +15,7 @@ from ..._protocols import KeyState
 from .._compat_redis import initialization_due
 from .config import RedisConfig
 from .contender import RedisContender
-from .scripts import EXTEND, HANDOFF_MS, INSPECT, RELEASE, REMAINING, Keys, Script, ms
+from .scripts import EXTEND, INSPECT, LEAVE, RELEASE, REMAINING, TOUCH, WAITER_TTL_MS, Keys, Script, ms
 from .subscriber import Subscriber
 from .wire import CLIENT_ERRORS, Mux
 
@@ -25,6 +26,11 @@ logger = logging.getLogger("distlock_async")
 
 #: Deadline of one lock command when the client has no ``socket_timeout`` of its own.
 DEFAULT_DEADLINE = 5.0
+
+
+#: Pauses between tries of a call that a Cluster node refused while its slot migrates (TRYAGAIN), in seconds.
+_FIRST_PAUSE = 0.02
+_MAX_PAUSE = 0.25
 
 
 def _untimed(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +111,9 @@ class RedisDriver:
     ) -> Any:
         """Run ``script`` with one client command (two the first time a server sees it).
 
-        ``undoable``: ``args[0]`` is a token that the script may have made the owner of ``lock_key``; if the
-        deadline passes, a release with that token is queued behind the call (see ``Mux.call``).
+        ``undoable``: a queue script (``keys`` are a lock's ``Keys.all``) whose ``args[0]`` is a token that it
+        may have made the owner of ``lock_key`` or queued; if the deadline passes, a ``LEAVE`` with that
+        token is queued behind the call (see ``Mux.call``), which also passes on a lock it took.
         """
         if self.closed:
             raise RuntimeError("the RedisLocker is closed; the locks it held expire with their TTL")
@@ -115,9 +122,13 @@ class RedisDriver:
                 await self.client.initialize()
             except CLIENT_ERRORS as exc:
                 raise BackendError(f"redis cluster: {exc}") from exc
-        undo = ("EVAL", RELEASE.body, 1, lock_key, args[0], HANDOFF_MS) if undoable else None
+        undo = ("EVAL", LEAVE.body, len(keys), *keys, args[0], WAITER_TTL_MS) if undoable else None
         asked: tuple[str, int] | None = None
-        for _ in range(3):
+        redirects = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline
+        pause = _FIRST_PAUSE
+        while redirects < 3:
             try:
                 mux = self._mux(lock_key, asked)
             except CLIENT_ERRORS as exc:  # no node serves the slot (a Cluster without quorum, say)
@@ -129,6 +140,17 @@ class RedisDriver:
                 except redis.exceptions.NoScriptError:
                     # Not applied; EVAL runs the script and caches it for the next EVALSHA.
                     return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo, asking=asking)
+            except redis.exceptions.TryAgainError as exc:
+                # Not applied: the slot is being migrated and only some of the lock's keys have reached the
+                # importing node (the queue's keys exist only while someone waits). Migrating a slot takes
+                # moments; try again until the deadline, from the slot's owner.
+                if loop.time() + pause >= deadline:
+                    raise BackendError(f"redis cluster: {lock_key!r} is being migrated: {exc}") from exc
+                logger.debug("%s: %s; trying again in %.2f s", lock_key, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, _MAX_PAUSE)
+                redirects = 0
+                continue
             except redis.exceptions.MovedError as exc:
                 # Not applied either: the slot lives elsewhere now (Cluster resharding or failover).
                 logger.debug("%s moved (%s); reloading the cluster's slots", lock_key, exc)
@@ -143,16 +165,25 @@ class RedisDriver:
                 asked = exc.node_addr
             except redis.exceptions.ResponseError as exc:
                 raise BackendError(f"redis answered an error: {exc}") from exc
+            redirects += 1
         raise BackendError(f"redis cluster kept redirecting {lock_key!r}")
 
     async def release(self, key: str, token: str, handle: None) -> bool:
-        return await self.release_key(Keys(self.namespace, key).lock, token)
+        keys = Keys(self.namespace, key)
+        reply = await self.run(RELEASE, keys.lock, keys.all, (token, WAITER_TTL_MS))
+        if len(reply) > 1 and reply[1] is not None:
+            # Handed to a waiter: if it is one of ours, wake it now rather than when the message comes.
+            head = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+            self.subscriber.wake(keys.lock, head)
+        return int(reply[0]) == 1
 
-    async def release_key(self, lock_key: str, token: str) -> bool:
-        released = int(await self.run(RELEASE, lock_key, (lock_key,), (token, HANDOFF_MS))) == 1
-        if released:
-            self.subscriber.released(lock_key)
-        return released
+    async def leave(self, keys: Keys, token: str) -> bool:
+        """Take ``token`` out of the lock's queue, passing on the lock if it had it; ``True`` if it had."""
+        return int(await self.run(LEAVE, keys.lock, keys.all, (token, WAITER_TTL_MS))) == 1
+
+    async def touch(self, keys: Keys, token: str) -> bool:
+        """Keep ``token``'s place in the lock's queue; ``False`` if it has none any more."""
+        return int(await self.run(TOUCH, keys.lock, keys.all, (token, WAITER_TTL_MS))) == 1
 
     async def extend(self, key: str, token: str, handle: None, ttl: float) -> bool:
         lock_key = Keys(self.namespace, key).lock

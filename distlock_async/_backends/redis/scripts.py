@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["EXTEND", "HANDOFF_MS", "INSPECT", "OBTAIN", "RELEASE", "REMAINING", "UNRESERVE", "Keys", "Script", "ms"]
+__all__ = [
+    "EXTEND",
+    "INSPECT",
+    "LEAVE",
+    "OBTAIN",
+    "RELEASE",
+    "REMAINING",
+    "TOUCH",
+    "WAITER_TTL_MS",
+    "Keys",
+    "Script",
+    "ms",
+]
 
 
 class Script:
@@ -15,56 +27,139 @@ class Script:
         self.sha = hashlib.sha1(body.encode()).hexdigest()
 
 
-#: How long a released lock stays reserved for a waiter that was woken by the release, in ms.
-HANDOFF_MS = 50
+#: How long a waiter's place in a lock's queue lasts unless its locker keeps it alive (every attempt
+#: does, and a waiter whose attempts are further apart touches it in between), and how long a lock
+#: handed to the head of the queue waits for it to confirm: a waiter that died holds the queue up at
+#: most this long.
+WAITER_TTL_MS = 3000
 
-
-# KEYS[1] lock, KEYS[2] fence counter; ARGV[1] token, ARGV[2] TTL in ms, ARGV[3] "1" if the caller has
-# been waiting (so it may take a lock reserved for the waiters).
-# Granted: {1, fencing token}. Busy: {0, the holder's remaining ms}.
+# The queue scripts: KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue (zset: waiter token -> arrival
+# number), KEYS[4] waiters' deadlines (zset: waiter token -> server ms when the entry dies unless kept
+# alive); ARGV[1] token, ARGV[2] WAITER_TTL_MS. Every deadline is on the server's clock (TIME), never a
+# client's. The prelude drops dead waiters and defines what the scripts share.
+#
 # The fencing token is one more than the last one, and never below the server clock in microseconds, so
 # it keeps increasing when Redis loses the counter (restart without persistence, failover to a replica
 # that lagged). That also lets the counter expire: after a minute nothing below the clock is left to beat.
-OBTAIN = Script("""
-local held = redis.call('get', KEYS[1])
-if not held or (held == 'handoff' and ARGV[3] == '1') then
-  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  local now = redis.call('time')
-  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+_PRELUDE = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local grace = tonumber(ARGV[2])
+-- Whether anyone waits; the waiters who are not kept alive are dropped first.
+local function waiting()
+  if redis.call('exists', KEYS[4]) == 0 then
+    return false
+  end
+  local dead = redis.call('zrangebyscore', KEYS[4], '-inf', now)
+  if #dead > 0 then
+    redis.call('zrem', KEYS[3], unpack(dead))
+    redis.call('zrem', KEYS[4], unpack(dead))
+  end
+  return redis.call('exists', KEYS[3]) == 1
+end
+local function leave(token)
+  redis.call('zrem', KEYS[3], token)
+  redis.call('zrem', KEYS[4], token)
+end
+local function grant(token, ttl)
+  redis.call('set', KEYS[1], token, 'PX', ttl)
+  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
   if fence < floor then fence = floor end
-  redis.call('set', KEYS[2], string.format('%d', fence), 'PX', math.max(tonumber(ARGV[2]), 60000))
-  return {1, fence}
+  redis.call('set', KEYS[2], string.format('%d', fence), 'PX', math.max(tonumber(ttl), 60000))
+  return fence
 end
-return {0, redis.call('pttl', KEYS[1])}
-""")
-
-
-# KEYS[1] lock; ARGV[1] token, ARGV[2] hand-off reservation in ms. 1 if it was ours and is released now.
-# While reserved, the key holds 'handoff' (tokens are hex, never that).
-# Waiters hear of it on the lock's channel. If anyone listens, the lock stays reserved for them for a
-# moment, so that the releasing client cannot take it straight back and starve them.
-RELEASE = Script("""
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  if redis.call('publish', KEYS[1], '') > 0 then
-    redis.call('set', KEYS[1], 'handoff', 'PX', ARGV[2])
+local function pass_on()
+  local head = waiting() and redis.call('zrange', KEYS[3], 0, 0)[1]
+  if head then
+    local fence = grant(head, grace)
+    leave(head)
+    redis.call('publish', KEYS[1], head .. ' ' .. string.format('%d', fence))
   else
     redis.call('del', KEYS[1])
   end
-  return 1
+  return head
 end
-return 0
-""")
-
-
-# KEYS[1] lock. The last waiter of a locker gave up: free a reservation it may have been woken for.
-UNRESERVE = Script("""
-if redis.call('get', KEYS[1]) == 'handoff' then
-  redis.call('del', KEYS[1])
-  redis.call('publish', KEYS[1], '')
+local function keep(token)
+  local deadline = now + grace
+  redis.call('zadd', KEYS[4], deadline, token)
+  redis.call('pexpireat', KEYS[3], deadline)
+  redis.call('pexpireat', KEYS[4], deadline)
 end
+"""
+
+# ARGV[3] TTL in ms. {1, fencing token}: ours, taken now or handed to us by a release (and confirmed
+# now: it gets our TTL in full). {0, the holder's remaining ms}: taken; we are in the queue, at the back
+# the first time. A free lock goes to the head of the queue only: when an expiry freed it, it is handed
+# to the head here, whoever asked.
+OBTAIN = Script(
+    _PRELUDE
+    + """
+local held = redis.call('get', KEYS[1])
+if held == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[3])
+  return {1, tonumber(redis.call('get', KEYS[2]))}
+end
+if not held then
+  local head = waiting() and redis.call('zrange', KEYS[3], 0, 0)[1]
+  if not head or head == ARGV[1] then
+    local fence = grant(ARGV[1], ARGV[3])
+    if head then leave(ARGV[1]) end
+    return {1, fence}
+  end
+  pass_on()
+else
+  waiting()
+end
+if not redis.call('zscore', KEYS[3], ARGV[1]) then
+  local last = redis.call('zrange', KEYS[3], -1, -1, 'withscores')[2]
+  redis.call('zadd', KEYS[3], (tonumber(last) or 0) + 1, ARGV[1])
+end
+keep(ARGV[1])
+return {0, redis.call('pttl', KEYS[1])}
+"""
+)
+
+# {1, the waiter it went to or nil} if it was ours and is released: handed to the first live waiter (for
+# WAITER_TTL_MS, until it confirms), who hears of it on the lock's channel ("<its token> <its fencing
+# token>"); free otherwise. {0} if it was not ours.
+RELEASE = Script(
+    _PRELUDE
+    + """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return {0}
+end
+return {1, pass_on()}
+"""
+)
+
+# A waiter leaves without the lock (gave up, cancelled, or its attempt's outcome is unknown): out of the
+# queue, and a lock handed to it meanwhile (or taken by the unknown attempt) is passed on, never left to
+# nobody. 1 if it held the lock.
+LEAVE = Script(
+    _PRELUDE
+    + """
+leave(ARGV[1])
+local held = redis.call('get', KEYS[1])
+if held == ARGV[1] or (not held and redis.call('exists', KEYS[3]) == 1) then
+  pass_on()
+end
+if held == ARGV[1] then return 1 end
 return 0
-""")
+"""
+)
+
+# A waiter keeps its place: 1 if it has one, 0 if it was dropped (its locker stalled) and must queue again.
+TOUCH = Script(
+    _PRELUDE
+    + """
+if not redis.call('zscore', KEYS[3], ARGV[1]) then
+  return 0
+end
+keep(ARGV[1])
+return 1
+"""
+)
 
 
 # KEYS[1] lock; ARGV[1] token, ARGV[2] TTL in ms. 1 if it was ours and has its full TTL again.
@@ -86,11 +181,11 @@ return -2
 
 
 # KEYS[1] lock, KEYS[2] fence counter. {1 if held, the holder's remaining ms or -2, the counter or ''}.
-# A hand-off reservation counts as free: it lasts HANDOFF_MS and goes to whoever was waiting.
+# A lock handed to a waiter that has not confirmed yet counts as held (by that waiter).
 INSPECT = Script("""
 local held = redis.call('get', KEYS[1])
 local fence = redis.call('get', KEYS[2]) or ''
-if held and held ~= 'handoff' then
+if held then
   return {1, redis.call('pttl', KEYS[1]), fence}
 end
 return {0, -2, fence}
@@ -102,12 +197,14 @@ def ms(seconds: float) -> int:
 
 
 class Keys:
-    __slots__ = ("fence", "lock")
+    __slots__ = ("all", "fence", "lock")
 
     def __init__(self, namespace: str, key: str) -> None:
-        # The braces make a Cluster hash tag: both keys live in the slot of the user's key. A "}" in the
-        # key would end the tag early (or leave it empty, so that each key hashed whole, into different
-        # slots): it is written "%7D", and "%" as "%25" so that no two keys share a name.
+        # The braces make a Cluster hash tag: every key of a lock lives in the slot of the user's key. A
+        # "}" in the key would end the tag early (or leave it empty, so that each key hashed whole, into
+        # different slots): it is written "%7D", and "%" as "%25" so that no two keys share a name.
         tag = key.replace("%", "%25").replace("}", "%7D")
         self.lock = f"{namespace}:{{{tag}}}"
         self.fence = self.lock + ":fence"
+        #: What the queue scripts take: the lock, its fence counter, its queue and its waiters' deadlines.
+        self.all = (self.lock, self.fence, self.lock + ":queue", self.lock + ":waiters")

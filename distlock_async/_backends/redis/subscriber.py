@@ -1,4 +1,8 @@
-"""Wake on release for Redis: one pub/sub connection per locker, and each key's queue of waiting tasks."""
+"""Wake on release for Redis: one pub/sub connection per locker, and its waiting tasks by lock and token.
+
+The queue itself lives on the server (see ``scripts``); a release hands the lock to the first waiter
+and publishes its token on the lock's channel, and only that waiter is woken.
+"""
 
 from __future__ import annotations
 
@@ -11,37 +15,28 @@ from typing import Any
 from ..._core._aio import Signal, cancel_and_wait
 from .wire import CLIENT_ERRORS
 
-__all__ = ["Queue", "Subscriber"]
+__all__ = ["Channel", "Subscriber"]
 
 logger = logging.getLogger("distlock_async")
 
 
-class Queue:
-    """This locker's waiters on one key, in arrival order, woken one at a time."""
+class Channel:
+    """This locker's waiters on one lock, by token: a release hands the lock to one of them by name."""
 
-    __slots__ = ("handoff", "ready", "waiters")
+    __slots__ = ("ready", "waiters")
 
     def __init__(self) -> None:
-        self.waiters: dict[Signal, None] = {}
+        self.waiters: dict[str, Signal] = {}
         #: ``True`` once the channel is subscribed, ``False`` if subscribing failed.
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        #: Set while a release by this locker has woken the head waiter and it has not tried yet: other
-        #: contenders of this locker let it go first, so a task that releases and obtains again at
-        #: once does not starve the tasks that were waiting.
-        self.handoff: Signal | None = None
 
-    def wake_head(self) -> Signal | None:
-        """Wake the first waiter, unless a wake-up is already on its way to one; return that waiter."""
-        for signal in self.waiters:
-            if signal.is_set():
-                return signal
-        for signal in self.waiters:
+    def wake(self, token: str) -> None:
+        signal = self.waiters.get(token)
+        if signal is not None:
             signal.set()
-            return signal
-        return None
 
     def wake_all(self) -> None:
-        for signal in self.waiters:
+        for signal in self.waiters.values():
             signal.set()
 
 
@@ -62,82 +57,46 @@ class Subscriber:
         self._reader: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._requests: asyncio.Queue[tuple[bool, str]] | None = None
-        self.queues: dict[str, Queue] = {}
-        #: Channels a leaving waiter needs to know unsubscribed on the server, by the future it awaits.
-        self._unsubscribing: dict[str, asyncio.Future[None]] = {}
+        self.queues: dict[str, Channel] = {}
         self._stopping = asyncio.Lock()
 
-    async def join(self, channel: str, signal: Signal, timeout: float) -> bool:
-        """Add a waiter; ``True`` once its channel is subscribed (so the caller rechecks the lock)."""
+    async def join(self, channel: str, token: str, signal: Signal, timeout: float) -> bool:
+        """Add a waiter; ``True`` once its channel is subscribed (so the caller rechecks the lock: a
+        release may have handed it over before the subscription)."""
         queue = self.queues.get(channel)
         if queue is not None:
-            queue.waiters[signal] = None
-            if queue.ready.done():
-                # Another waiter subscribed before us: a release since then has woken the head, and
-                # this waiter queues behind it.
-                return False
+            queue.waiters[token] = signal
         else:
-            queue = self.queues[channel] = Queue()
-            queue.waiters[signal] = None
+            queue = self.queues[channel] = Channel()
+            queue.waiters[token] = signal
             self._request(True, channel)
         # Running out of time just means "no wake-ups yet": the caller's timer still bounds the wait.
         await asyncio.wait({queue.ready}, timeout=timeout)
         ready = queue.ready
         return ready.done() and not ready.cancelled() and bool(ready.result())
 
-    async def leave(self, channel: str, signal: Signal, confirm: bool = False) -> bool:
-        """Remove a waiter; ``True`` if other waiters of this locker remain (and take over its wake-up).
+    async def leave(self, channel: str, token: str) -> None:
+        """Remove a waiter. Idempotent: a run cut short by a cancellation is repeated (see ``finish``).
 
-        With ``confirm``, when it is the channel's last waiter, return only once the server has dropped the
-        subscription: a release published after that cannot count this locker as a waiter (and reserve
-        the lock for nobody). Idempotent: a run cut short by a cancellation is repeated (see ``finish``).
+        A lock handed to it after this is passed on by the server queue's ``LEAVE``, which the caller runs.
         """
         queue = self.queues.get(channel)
-        if queue is not None and signal in queue.waiters:
-            del queue.waiters[signal]
-            if queue.handoff is signal:
-                queue.handoff = None
-            if signal.is_set():
-                # It was woken but did not take the lock (cancelled, or gave up): pass the wake-up on.
-                nxt = queue.wake_head()
-                if queue.handoff is None:
-                    queue.handoff = nxt
-            if queue.waiters:
-                return True
+        if queue is not None and queue.waiters.pop(token, None) is not None and not queue.waiters:
             del self.queues[channel]
             if not queue.ready.done():
                 queue.ready.cancel()
-            if self._requests is not None and (confirm or self.queues):
-                if confirm and channel not in self._unsubscribing:
-                    self._unsubscribing[channel] = asyncio.get_running_loop().create_future()
+            if self._requests is not None and self.queues:
                 self._request(False, channel)
-        unsubscribed = self._unsubscribing.get(channel) if confirm else None
-        if unsubscribed is not None:
-            await asyncio.wait({unsubscribed})
         if not self.queues:
             await self._stop()
-        return channel in self.queues
+        else:
+            await asyncio.sleep(0)
 
-    def _unsubscribed(self, channel: str) -> None:
-        unsubscribed = self._unsubscribing.pop(channel, None)
-        if unsubscribed is not None and not unsubscribed.done():
-            unsubscribed.set_result(None)
-
-    def released(self, channel: str) -> None:
-        """This locker released ``channel``'s lock: hand it to our own head waiter without a round trip."""
+    def wake(self, channel: str, token: str) -> None:
+        """The lock was handed to ``token``: wake it if it is one of this locker's waiters."""
         queue = self.queues.get(channel)
-        if queue is not None and queue.handoff is None:
-            queue.handoff = queue.wake_head()
-
-    def deferring(self, channel: str, signal: Signal | None) -> bool:
-        """Whether a hand-off to another of our waiters is under way, so ``signal``'s owner should wait."""
-        queue = self.queues.get(channel)
-        return queue is not None and queue.handoff is not None and queue.handoff is not signal
-
-    def tried(self, channel: str, signal: Signal) -> None:
-        queue = self.queues.get(channel)
-        if queue is not None and queue.handoff is signal:
-            queue.handoff = None
+        if queue is not None:
+            queue.wake(token)
 
     def _request(self, subscribe: bool, channel: str) -> None:
         if self._requests is None:
@@ -158,9 +117,7 @@ class Subscriber:
                 if subscribe and channel in self.queues:
                     await self._subscribe(channel)
                 elif not subscribe and channel not in self.queues and self._pubsub is not None:
-                    await self._pubsub.unsubscribe(channel)  # the reader sees it confirmed
-                elif not subscribe:
-                    self._unsubscribed(channel)  # not subscribed on the server: nothing to wait for
+                    await self._pubsub.unsubscribe(channel)
             except CLIENT_ERRORS as exc:
                 logger.debug("subscribing to %r failed (%r); waiters fall back to their timers", channel, exc)
                 await self._drop_pubsub()
@@ -192,9 +149,6 @@ class Subscriber:
                 channel = message["channel"]
                 if isinstance(channel, bytes):
                     channel = channel.decode()
-                if message["type"] == "unsubscribe":
-                    self._unsubscribed(channel)
-                    continue
                 queue = self.queues.get(channel)
                 if queue is None:
                     continue
@@ -206,7 +160,10 @@ class Subscriber:
                         logger.debug("subscribed to %r", channel)
                         queue.ready.set_result(True)
                 elif message["type"] == "message":
-                    queue.wake_head()
+                    data = message["data"]
+                    if isinstance(data, bytes):
+                        data = data.decode()
+                    queue.wake(data.partition(" ")[0])  # "<token> <fencing token>": whom it was handed to
         except CLIENT_ERRORS as exc:
             logger.debug("the wake-up connection failed (%r); waiters fall back to their timers", exc)
             for queue in self.queues.values():
@@ -220,8 +177,6 @@ class Subscriber:
     async def _drop_pubsub(self) -> None:
         reader, self._reader = self._reader, None
         pubsub, self._pubsub = self._pubsub, None
-        for channel in list(self._unsubscribing):
-            self._unsubscribed(channel)  # the connection and its subscriptions are gone
         if reader is not None:
             reader.cancel()
         if pubsub is not None:
