@@ -764,6 +764,14 @@ async def _make_leader(cluster: EtcdCluster, target: EtcdServer) -> None:
         await client.close()
 
 
+async def _served_after(task: Awaitable[Lock], lock: Lock) -> None:
+    """The waiting ``task`` gets the lock that ``lock`` held, with a higher fencing token, and releases it."""
+    with anyio.fail_after(LIMIT):
+        taken = await task
+    assert taken.fencing_token > lock.fencing_token
+    await taken.release()
+
+
 async def test_a_waiter_rides_out_the_death_of_the_leader(etcd_cluster: EtcdCluster, counter: Any) -> None:
     """A holds a lock through the leader (first endpoint), refreshing it; B waits through the others with
     a long budget; the leader is killed. A write forwarded to the dead leader is lost without an answer:
@@ -783,10 +791,7 @@ async def test_a_waiter_rides_out_the_death_of_the_leader(etcd_cluster: EtcdClus
             assert not task.done() or task.exception() is None, repr(task.exception())
             assert not task.done(), "the waiter obtained a lock that is held"
             assert await lock.ttl() > 0
-        with anyio.fail_after(LIMIT):
-            taken = await task
-        assert taken.fencing_token > lock.fencing_token
-        await taken.release()
+        await _served_after(task, lock)
     finally:
         await holder.aclose()
         await waiter.aclose()
@@ -818,10 +823,7 @@ async def test_a_cluster_keeps_locks_and_waiters_when_a_member_dies(
             logging.getLogger(__name__).info("refresh after the %s died took %.3f s", victim, time.monotonic() - start)
             await asyncio.sleep(3)  # beyond the 2 s lease: only refreshes through another member keep it
             assert await lock.ttl() > 0
-        with anyio.fail_after(LIMIT):
-            taken = await task
-        assert taken.fencing_token > lock.fencing_token
-        await taken.release()
+        await _served_after(task, lock)
     finally:
         await holder.aclose()
         await waiter.aclose()
