@@ -54,8 +54,8 @@ class RedisContender:
                 OBTAIN, keys.lock, keys.all, (self._token, WAITER_TTL_MS, self._ttl_ms), undoable=True
             )
         except BaseException as exc:
-            # The command may have been applied (unless no connection could be made): close() deletes the
-            # lock if it turns out to be ours.
+            # The command may have been applied (unless no connection could be made): close() leaves the
+            # queue, which passes the lock on if the attempt took it.
             if not unsent(exc):
                 self._uncertain = True
             raise

@@ -69,8 +69,12 @@ local function grant(token, ttl)
   redis.call('set', KEYS[2], string.format('%d', fence), 'PX', math.max(tonumber(ttl), 60000))
   return fence
 end
-local function pass_on()
-  local head = waiting() and redis.call('zrange', KEYS[3], 0, 0)[1]
+-- The first live waiter, or nil.
+local function first()
+  return waiting() and redis.call('zrange', KEYS[3], 0, 0)[1] or nil
+end
+-- The lock goes to ``head`` (for ``grace``, until it confirms), who hears of it; with no head it is free.
+local function hand_to(head)
   if head then
     local fence = grant(head, grace)
     leave(head)
@@ -101,13 +105,13 @@ if held == ARGV[1] then
   return {1, tonumber(redis.call('get', KEYS[2]))}
 end
 if not held then
-  local head = waiting() and redis.call('zrange', KEYS[3], 0, 0)[1]
+  local head = first()
   if not head or head == ARGV[1] then
     local fence = grant(ARGV[1], ARGV[3])
     if head then leave(ARGV[1]) end
     return {1, fence}
   end
-  pass_on()
+  hand_to(head)
 else
   waiting()
 end
@@ -129,7 +133,7 @@ RELEASE = Script(
 if redis.call('get', KEYS[1]) ~= ARGV[1] then
   return {0}
 end
-return {1, pass_on()}
+return {1, hand_to(first())}
 """
 )
 
@@ -141,8 +145,8 @@ LEAVE = Script(
     + """
 leave(ARGV[1])
 local held = redis.call('get', KEYS[1])
-if held == ARGV[1] or (not held and redis.call('exists', KEYS[3]) == 1) then
-  pass_on()
+if held == ARGV[1] or not held then
+  hand_to(first())
 end
 if held == ARGV[1] then return 1 end
 return 0
