@@ -75,7 +75,7 @@ class EtcdContender:
         self._lease_ttl = driver.lease_ttl(ttl)
         self._lease_id = 0
         self._grant: asyncio.Future[int] | None = None
-        self._renewal: asyncio.Task[None] | None = None
+        self._renewal: asyncio.Task[bool] | None = None
         self._reused = False
         self._own = b""
         self._revision = 0
@@ -121,7 +121,10 @@ class EtcdContender:
         self._kept_alive_at = sent
         self._expires_at = sent + granted_ttl
 
-    async def _renew(self, lease_id: int) -> None:
+    async def _renew(self, lease_id: int) -> bool:
+        """One keep-alive of ``lease_id``; whether the lease is alive. While it is still our lease, when
+        it was last kept alive and when it ends at the earliest follow the answer (counted from when the
+        keep-alive was sent, so etcd's count cannot have run out before ours)."""
         sent = asyncio.get_running_loop().time()
         ttl = await self._driver.keep_alive(lease_id)
         if lease_id == self._lease_id:
@@ -130,6 +133,7 @@ class EtcdContender:
             else:
                 self._kept_alive_at = sent
                 self._expires_at = sent + ttl
+        return ttl > 0
 
     async def _renewed(self) -> None:
         """Wait for the keep-alive that renews a reused lease (see ``_new_lease``); its error, if any."""
@@ -148,16 +152,9 @@ class EtcdContender:
         decides: a lease that expired took our key along, whatever the txn said.
         """
         await self._renewed()
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._expires_at:
+        if asyncio.get_running_loop().time() < self._expires_at:
             return True
-        sent = loop.time()
-        ttl = await self._driver.keep_alive(self._lease_id)
-        if ttl <= 0:
-            return False
-        self._kept_alive_at = sent
-        self._expires_at = sent + ttl
-        return True
+        return await self._renew(self._lease_id)
 
     async def _queued(self) -> Any:
         """Our key in the queue, attached to a live lease: the txn's reply.
@@ -235,13 +232,9 @@ class EtcdContender:
                 self._drop_watch()
                 return True
             now = loop.time()
-            if now >= keep_alive_at:
-                # A waiter keeps its lease alive as a holder does, or it would drop out of the queue.
-                ttl = await driver.keep_alive(self._lease_id)
-                if ttl <= 0:
-                    return True
-                self._kept_alive_at = now
-                self._expires_at = now + ttl
+            # A waiter keeps its lease alive as a holder does, or it would drop out of the queue.
+            if now >= keep_alive_at and not await self._renew(self._lease_id):
+                return True
             if now >= deadline:
                 return False
 
