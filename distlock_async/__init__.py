@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._backends.memory import MemoryLocker, MemoryStore
 from ._errors import BackendError, DistlockError, LockLostError, LockNotHeldError, NotObtainedError
 from ._options import EtcdOptions, Options
-from ._protocols import KeyState, Lock, Locker, Refresher
+from ._protocols import Election, KeyState, Leader, Lock, Locker, Observation, Refresher, Term
 from ._url import from_url
 
 if TYPE_CHECKING:
@@ -37,9 +37,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendError",
     "DistlockError",
+    "Election",
     "EtcdLocker",
     "EtcdOptions",
     "KeyState",
+    "Leader",
     "Lock",
     "LockLostError",
     "LockNotHeldError",
@@ -47,9 +49,11 @@ __all__ = [
     "MemoryLocker",
     "MemoryStore",
     "NotObtainedError",
+    "Observation",
     "Options",
     "RedisLocker",
     "Refresher",
+    "Term",
     "from_url",
 ]
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar, runtime_checkable
 
-__all__ = ["KeyState", "Lock", "Locker", "Refresher"]
+__all__ = ["Election", "KeyState", "Leader", "Lock", "Locker", "Observation", "Refresher", "Term"]
 
 _L = TypeVar("_L", bound="Locker")
+_O = TypeVar("_O", bound="Observation")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,21 @@ class KeyState:
     held: bool
     ttl: float | None
     fencing_counter: int | None
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The leader of an election, as [`Election.leader`][distlock_async.Election.leader] and
+    [`Election.observe`][distlock_async.Election.observe] report it.
+
+    Attributes:
+        value: what the leader campaigned with, or proclaimed since.
+        fencing_token: its term's fencing token: strictly increasing per election name, so that a
+            resource can refuse the writes of a leader that was replaced.
+    """
+
+    value: str
+    fencing_token: int
 
 
 @runtime_checkable
@@ -133,6 +149,101 @@ class Lock(Protocol):
 
 
 @runtime_checkable
+class Term(Lock, Protocol):
+    """Leadership of an election: what ``async with election.campaign(value) as term:`` yields.
+
+    A [`Lock`][distlock_async.Lock] whose [`key`][distlock_async.Lock.key] is the election's name:
+    ``fencing_token`` is strictly increasing per name, ``release()`` resigns.
+    """
+
+    @property
+    def value(self) -> str:
+        """The value this leader campaigned with, or last proclaimed."""
+        ...
+
+    async def proclaim(self, value: str) -> None:
+        """Change the value observers see, keeping the leadership (and the fencing token).
+
+        Raises:
+            LockNotHeldError: this term is over (resigned, expired, or lost).
+            BackendError: the server could not be reached or answered an error.
+            TypeError, ValueError: a bad value; the message names it.
+        """
+        ...
+
+
+@runtime_checkable
+class Observation(Protocol):
+    """What [`Election.observe`][distlock_async.Election.observe] returns: an async iterator of the
+    election's leader (``None`` while nobody leads), and an async context manager that ends it."""
+
+    def __aiter__(self) -> AsyncIterator[Leader | None]: ...
+
+    async def __anext__(self) -> Leader | None: ...
+
+    async def aclose(self) -> None:
+        """Stop observing and let go of what it holds on the server (a watch, a subscription). Idempotent."""
+        ...
+
+    async def __aenter__(self: _O) -> _O: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Election(Protocol):
+    """One leader per name among every locker on the same server: made by
+    [`Locker.election`][distlock_async.Locker.election], without I/O."""
+
+    @property
+    def name(self) -> str:
+        """The election's name."""
+        ...
+
+    def campaign(self, value: str, *, ttl: float | None = None) -> AbstractAsyncContextManager[Term]:
+        """Become the leader for the duration of an ``async with`` block.
+
+        Entering waits, without a retry budget, until this caller leads; candidates are served first come,
+        first served. Cancel the wait to give up (``anyio.fail_after``, ``asyncio.timeout``): nothing is left
+        behind. While the body runs the leadership is kept alive; if it is lost, the body is cancelled and
+        the block raises [`LockLostError`][distlock_async.LockLostError]. Leaving the block resigns.
+
+        Raises:
+            BackendError: the server could not be reached or answered an error.
+            TypeError, ValueError: a bad argument; the message names it.
+            RuntimeError: the locker is closed or bound to another event loop.
+        """
+        ...
+
+    async def leader(self) -> Leader | None:
+        """The current leader, or ``None`` when nobody leads.
+
+        Raises:
+            BackendError: the server could not be reached or answered an error.
+            RuntimeError: the locker is closed or bound to another event loop.
+        """
+        ...
+
+    def observe(self) -> Observation:
+        """Follow the leadership: ``async for leader in election.observe():``.
+
+        Yields the current leader (or ``None``) at once, then each change: a new leader, a proclaimed value,
+        ``None`` when nobody leads. Quick successive changes may be coalesced, but the last one is always
+        yielded: it never stops on a stale state. It ends when the locker closes; use it as an
+        ``async with`` block (or call ``aclose()``) to end it as soon as you stop iterating.
+
+        Raises:
+            BackendError: from the iteration, when the server could not be reached or answered an error.
+        """
+        ...
+
+
+@runtime_checkable
 class Locker(Protocol):
     """A backend that hands out [`Lock`][distlock_async.Lock] objects for string keys.
 
@@ -189,6 +300,64 @@ class Locker(Protocol):
         """
         ...
 
+    async def obtain_permit(
+        self,
+        name: str,
+        limit: int,
+        *,
+        ttl: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        timeout: float | None = None,
+    ) -> Lock:
+        """Obtain one of the ``limit`` permits of the semaphore ``name``, retrying within the retry budget.
+
+        At most ``limit`` permits of a name are held at any instant, across every locker on the same
+        server. A permit is a [`Lock`][distlock_async.Lock] whose ``key`` is ``name``: release it,
+        refresh it, start its refresher; its ``fencing_token`` is strictly increasing per name. Waiters
+        are served first come, first served, and the budget works as in
+        [`obtain`][distlock_async.Locker.obtain]. A semaphore and a lock of the same name never interfere.
+
+        Callers that disagree on ``limit`` each count against their own: a caller gets a permit when the
+        permits held plus the waiters queued ahead of it are fewer than its ``limit``.
+
+        Raises:
+            NotObtainedError: ``limit`` permits stayed held for the whole retry budget.
+            BackendError: the server could not be reached or answered an error.
+            TypeError, ValueError: a bad argument; the message names it (``limit`` is an ``int >= 1``).
+            RuntimeError: the locker is closed or bound to another event loop.
+        """
+        ...
+
+    def semaphore(
+        self,
+        name: str,
+        limit: int,
+        *,
+        ttl: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[Lock]:
+        """Hold a permit of the semaphore ``name`` for the duration of an ``async with`` block.
+
+        [`lock`][distlock_async.Locker.lock] for permits (see
+        [`obtain_permit`][distlock_async.Locker.obtain_permit]): refreshed in the background, released on
+        exit; if the permit is lost, the body is cancelled and the block raises
+        [`LockLostError`][distlock_async.LockLostError].
+        """
+        ...
+
+    def election(self, name: str) -> Election:
+        """The election ``name``: campaign, read or follow its leader. No I/O.
+
+        An election and a lock or semaphore of the same name never interfere.
+
+        Raises:
+            TypeError, ValueError: a bad name; the message names it.
+        """
+        ...
+
     async def inspect(self, key: str) -> KeyState:
         """What the server knows about ``key``, held by anyone or free; it obtains nothing.
 
@@ -219,6 +388,6 @@ class Locker(Protocol):
     ) -> None: ...
 
 
-for _cls in (KeyState, Lock, Locker, Refresher):
+for _cls in (Election, KeyState, Leader, Lock, Locker, Observation, Refresher, Term):
     _cls.__module__ = "distlock_async"
 del _cls

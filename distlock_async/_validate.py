@@ -6,24 +6,48 @@ import math
 import re
 
 MAX_KEY_BYTES = 1024
+#: An election's value travels in every notification and observe: a name, an address, a small document.
+MAX_VALUE_BYTES = 64 * 1024
 #: A year: long enough for any lease a person means to take, short enough that a unit mistake
 #: (milliseconds passed as seconds) is caught instead of turned into a lock that never expires.
 MAX_SECONDS = 365 * 24 * 3600.0
 
 
-def check_key(key: object) -> str:
-    """Return ``key`` if it is a valid lock key, else raise ``TypeError``/``ValueError`` naming it."""
+def check_key(key: object, argument: str = "key") -> str:
+    """Return ``key`` if it is a valid lock key (or semaphore or election name: ``argument`` says which
+    the message names), else raise ``TypeError``/``ValueError``."""
     if not isinstance(key, str):
-        raise TypeError(f"key must be a str, not {type(key).__name__}")
+        raise TypeError(f"{argument} must be a str, not {type(key).__name__}")
     if not key:
-        raise ValueError("key must not be empty")
-    try:
-        size = len(key.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"key must be encodable as UTF-8: {exc.reason} at index {exc.start}") from None
-    if size > MAX_KEY_BYTES:
-        raise ValueError(f"key must be at most {MAX_KEY_BYTES} bytes in UTF-8, got {size}")
+        raise ValueError(f"{argument} must not be empty")
+    _check_size(argument, key, MAX_KEY_BYTES)
     return key
+
+
+def _check_size(argument: str, text: str, limit: int) -> None:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{argument} must be encodable as UTF-8: {exc.reason} at index {exc.start}") from None
+    if size > limit:
+        raise ValueError(f"{argument} must be at most {limit} bytes in UTF-8, got {size}")
+
+
+def check_value(value: object) -> str:
+    """An election value: a ``str`` (maybe empty) of at most :data:`MAX_VALUE_BYTES` in UTF-8."""
+    check_str("value", value)
+    assert isinstance(value, str)
+    _check_size("value", value, MAX_VALUE_BYTES)
+    return value
+
+
+def check_limit(limit: object) -> int:
+    """A semaphore's ``limit``: an ``int >= 1``; ``bool`` is refused."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit!r}")
+    return limit
 
 
 def check_str(name: str, value: object) -> str:

@@ -184,7 +184,7 @@ async def _memory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
     async def steal(key: str) -> None:
         await asyncio.sleep(0)
-        del store._held[key]
+        store._names[("lock", key)].holders.clear()
 
     yield Backend(
         "memory",
@@ -193,7 +193,8 @@ async def _memory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         factory=lambda options: MemoryLocker(options, store=store),
         steal=steal,
     )
-    assert not store._queues, "a waiter stayed queued after its obtain ended"
+    queued = {name: entry.queue for name, entry in store._names.items() if entry.queue}
+    assert not queued, f"waiters stayed queued after their obtain ended: {queued}"
 
 
 _namespaces = itertools.count()

@@ -23,6 +23,11 @@ SPEC_NAMES = {
     "EtcdOptions",
     "EtcdLocker",
     "KeyState",  # what locker.inspect() returns (SPEC, "Knowing who holds what")
+    # SPEC, "Coordination beyond the mutex"
+    "Election",
+    "Leader",
+    "Observation",
+    "Term",
     "MemoryLocker",
     "MemoryStore",
     "RedisLocker",

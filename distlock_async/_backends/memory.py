@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import anyio
 import anyio.lowlevel
@@ -9,18 +10,50 @@ from .._core._aio import Signal
 from .._core._driver import Busy, Granted
 from .._core._locker import LockerBase
 from .._options import Options
-from .._protocols import KeyState
+from .._protocols import KeyState, Leader
 
 __all__ = ["MemoryLocker", "MemoryStore"]
 
 
-class _Entry:
-    __slots__ = ("expires_at", "fence", "token")
+#: The spaces of names in a store: a lock, a semaphore and an election of one name never meet.
+_LOCK, _PERMIT, _LEADER = "lock", "permit", "leader"
 
-    def __init__(self, token: str, expires_at: float, fence: int) -> None:
-        self.token = token
+
+class _Entry:
+    __slots__ = ("expires_at", "fence", "value")
+
+    def __init__(self, expires_at: float, fence: int, value: str) -> None:
         self.expires_at = expires_at
         self.fence = fence
+        #: An election's value; empty for locks and permits.
+        self.value = value
+
+
+class _Name:
+    """One name of one space: its holders (one for a lock or a leader, up to a limit for permits), its
+    queue of waiters, and the observers of an election."""
+
+    __slots__ = ("holders", "observers", "queue")
+
+    def __init__(self) -> None:
+        #: By token.
+        self.holders: dict[str, _Entry] = {}
+        #: The waiters' signals in the order they first found the name taken (a dict is an ordered
+        #: set), each with the limit it counts against (1 for locks and leaders).
+        self.queue: dict[Signal, int] = {}
+        self.observers: set[Signal] = set()
+
+    def rank_fits(self, position: int, limit: int) -> bool:
+        """Whether a waiter with ``position`` waiters ahead of it may hold now."""
+        return len(self.holders) + position < limit
+
+    def changed(self) -> None:
+        """Wake the waiters that may hold now, and every observer."""
+        for position, (waiter, limit) in enumerate(self.queue.items()):
+            if self.rank_fits(position, limit):
+                waiter.set()
+        for observer in self.observers:
+            observer.set()
 
 
 class MemoryStore:
@@ -33,61 +66,73 @@ class MemoryStore:
 
     Waiters queue per key and are served first come, first served, as on etcd and Redis: a free key
     goes to the head of its queue (woken by the release), never to a newcomer or a waiter further back.
+    Semaphores and elections live in the same store, each in a space of its own.
     """
 
     def __init__(self) -> None:
-        self._held: dict[str, _Entry] = {}
-        #: Per key, the waiters' signals in the order they first found the key taken (a dict is an
-        #: ordered set): the first is the only one a release wakes and the only one a free key goes to.
-        self._queues: dict[str, dict[Signal, None]] = {}
+        self._names: dict[tuple[str, str], _Name] = {}
         self._fence = 0
 
     def __repr__(self) -> str:
-        return f"<distlock_async.MemoryStore held={len(self._held)}>"
+        held = sum(1 for (space, _), name in self._names.items() if space == _LOCK and name.holders)
+        return f"<distlock_async.MemoryStore held={held}>"
 
-    def _live(self, key: str, now: float) -> _Entry | None:
-        entry = self._held.get(key)
-        if entry is not None and entry.expires_at <= now:
-            del self._held[key]
-            entry = None
-        return entry
+    def _name(self, space: str, key: str, now: float) -> _Name | None:
+        """The name, its expired holders dropped (waking whoever that concerns); ``None`` if unused."""
+        name = self._names.get((space, key))
+        if name is None:
+            return None
+        expired = [token for token, entry in name.holders.items() if entry.expires_at <= now]
+        for token in expired:
+            del name.holders[token]
+        if expired:
+            name.changed()
+        return name
 
-    def _owned(self, key: str, token: str, now: float) -> _Entry | None:
-        entry = self._live(key, now)
-        return entry if entry is not None and entry.token == token else None
+    def _forget_if_unused(self, space: str, key: str, name: _Name) -> None:
+        if not (name.holders or name.queue or name.observers):
+            self._names.pop((space, key), None)
 
-    def _try_acquire(self, key: str, token: str, ttl: float, me: Signal) -> Granted[None] | Busy:
+    def _owned(self, space: str, key: str, token: str, now: float) -> _Entry | None:
+        name = self._name(space, key, now)
+        return None if name is None else name.holders.get(token)
+
+    def _try_acquire(
+        self, space: str, key: str, token: str, ttl: float, limit: int, value: str, me: Signal
+    ) -> Granted[None] | Busy:
         now = _now()
-        entry = self._live(key, now)
-        queue = self._queues.get(key)
-        if entry is None and (not queue or next(iter(queue)) is me):
-            self._leave(key, me)
+        name = self._name(space, key, now)
+        if name is None:
+            name = self._names[(space, key)] = _Name()
+        queue = name.queue
+        # Its place in the queue, or at the back for a newcomer: nobody overtakes a waiter.
+        position = next((i for i, waiter in enumerate(queue) if waiter is me), len(queue))
+        if name.rank_fits(position, limit):
+            queue.pop(me, None)
             self._fence += 1
-            self._held[key] = _Entry(token, now + ttl, self._fence)
+            name.holders[token] = _Entry(now + ttl, self._fence, value)
+            for observer in name.observers:
+                observer.set()
             return Granted(self._fence, None)
-        self._queues.setdefault(key, {}).setdefault(me, None)  # keeps its place if queued already
-        # A free key is the head's: the others sleep until their retry slot or the head's release.
-        return Busy(holder_ttl=None if entry is None else entry.expires_at - now)
+        queue.setdefault(me, limit)  # keeps its place if queued already
+        # The others sleep until their retry slot, a release, or the first holder's expiry.
+        first_expiry = min((entry.expires_at for entry in name.holders.values()), default=None)
+        return Busy(holder_ttl=None if first_expiry is None else first_expiry - now)
 
-    def _leave(self, key: str, me: Signal) -> None:
-        """Take ``me`` out of the queue; if it was the head of a free key, wake the next one."""
-        queue = self._queues.get(key)
-        if queue is None or me not in queue:
+    def _leave(self, space: str, key: str, me: Signal) -> None:
+        """Take ``me`` out of the queue; the waiters behind it may hold now."""
+        name = self._names.get((space, key))
+        if name is None or name.queue.pop(me, None) is None:
             return
-        was_head = next(iter(queue)) is me
-        del queue[me]
-        if not queue:
-            del self._queues[key]
-        elif was_head and self._live(key, _now()) is None:
-            next(iter(queue)).set()
+        name.changed()
+        self._forget_if_unused(space, key, name)
 
-    def _release(self, key: str, token: str) -> bool:
-        if self._owned(key, token, _now()) is None:
+    def _release(self, space: str, key: str, token: str) -> bool:
+        name = self._name(space, key, _now())
+        if name is None or name.holders.pop(token, None) is None:
             return False
-        del self._held[key]
-        queue = self._queues.get(key)
-        if queue:
-            next(iter(queue)).set()
+        name.changed()
+        self._forget_if_unused(space, key, name)
         return True
 
 
@@ -96,10 +141,10 @@ def _now() -> float:
 
 
 class _MemoryContender:
-    __slots__ = ("_key", "_signal", "_store", "_token", "_ttl")
+    __slots__ = ("_driver", "_key", "_signal", "_token", "_ttl")
 
-    def __init__(self, store: MemoryStore, key: str, token: str, ttl: float) -> None:
-        self._store = store
+    def __init__(self, driver: _MemoryDriver, key: str, token: str, ttl: float) -> None:
+        self._driver = driver
         self._key = key
         self._token = token
         self._ttl = ttl
@@ -109,7 +154,10 @@ class _MemoryContender:
     async def attempt(self) -> Granted[None] | Busy:
         await anyio.lowlevel.checkpoint()
         self._signal.clear()
-        return self._store._try_acquire(self._key, self._token, self._ttl, self._signal)
+        driver = self._driver
+        return driver.store._try_acquire(
+            driver.space, self._key, self._token, self._ttl, driver.limit, driver.value, self._signal
+        )
 
     async def wait(self, timeout: float) -> bool:
         return await self._signal.wait(timeout)
@@ -117,30 +165,86 @@ class _MemoryContender:
     async def close(self, granted: Granted[None] | None) -> None:
         # Attempts are atomic (the checkpoint comes before the change), so there is nothing to undo
         # but our place in the queue.
-        self._store._leave(self._key, self._signal)
+        self._driver.store._leave(self._driver.space, self._key, self._signal)
         await anyio.lowlevel.checkpoint()
 
 
+class _MemoryFollower:
+    """An ``observe()`` of an election in the store: woken by every change of the name."""
+
+    __slots__ = ("_closed", "_key", "_signal", "_started", "_store")
+
+    def __init__(self, store: MemoryStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._signal = Signal()
+        self._started = False
+        self._closed = False
+
+    async def next(self) -> Leader | None:
+        store, key = self._store, self._key
+        if not self._started:
+            self._started = True
+            now = _now()
+            name = store._name(_LEADER, key, now) or store._names.setdefault((_LEADER, key), _Name())
+            name.observers.add(self._signal)
+        else:
+            leader = _leader(store, key, _now())
+            # A leader's expiry is a change nobody announces: wake up for it.
+            timeout = math.inf if leader is None else leader[1].expires_at - _now()
+            await self._signal.wait(timeout)
+        self._signal.clear()
+        found = _leader(store, key, _now())
+        return None if found is None else Leader(found[1].value, found[1].fence)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._signal.set()  # a next() under way returns
+        name = self._store._names.get((_LEADER, self._key))
+        if name is not None:
+            name.observers.discard(self._signal)
+            self._store._forget_if_unused(_LEADER, self._key, name)
+        await anyio.lowlevel.checkpoint()
+
+
+def _leader(store: MemoryStore, key: str, now: float) -> tuple[str, _Entry] | None:
+    name = store._name(_LEADER, key, now)
+    if name is None or not name.holders:
+        return None
+    return next(iter(name.holders.items()))
+
+
 class _MemoryDriver:
+    """The memory backend's driver; with ``space`` and ``limit`` also its views for permits and leaders."""
+
     cleanup_timeout = 1.0
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: MemoryStore, space: str = _LOCK, limit: int = 1, value: str = "") -> None:
         self.store = store
+        self.space = space
+        self.limit = limit
+        self.value = value
 
     def lifetime(self, ttl: float) -> float:
         return ttl
 
     def contender(self, key: str, token: str, ttl: float) -> _MemoryContender:
-        return _MemoryContender(self.store, key, token, ttl)
+        return _MemoryContender(self, key, token, ttl)
+
+    def permits(self, limit: int) -> _MemoryDriver:
+        return _MemoryDriver(self.store, _PERMIT, limit)
+
+    def candidates(self, value: str) -> _MemoryDriver:
+        return _MemoryDriver(self.store, _LEADER, 1, value)
 
     async def release(self, key: str, token: str, handle: None) -> bool:
         await anyio.lowlevel.checkpoint()
-        return self.store._release(key, token)
+        return self.store._release(self.space, key, token)
 
     async def extend(self, key: str, token: str, handle: None, ttl: float) -> bool:
         await anyio.lowlevel.checkpoint()
         now = _now()
-        entry = self.store._owned(key, token, now)
+        entry = self.store._owned(self.space, key, token, now)
         if entry is None:
             return False
         entry.expires_at = now + ttl
@@ -149,13 +253,33 @@ class _MemoryDriver:
     async def remaining(self, key: str, token: str, handle: None) -> float:
         await anyio.lowlevel.checkpoint()
         now = _now()
-        entry = self.store._owned(key, token, now)
+        entry = self.store._owned(self.space, key, token, now)
         return 0.0 if entry is None else entry.expires_at - now
+
+    async def proclaim(self, key: str, token: str, handle: None, value: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        store = self.store
+        name = store._name(_LEADER, key, _now())
+        entry = None if name is None else name.holders.get(token)
+        if name is None or entry is None:
+            return False
+        entry.value = value
+        name.changed()
+        return True
+
+    async def leader(self, key: str) -> Leader | None:
+        await anyio.lowlevel.checkpoint()
+        found = _leader(self.store, key, _now())
+        return None if found is None else Leader(found[1].value, found[1].fence)
+
+    def follow(self, key: str) -> _MemoryFollower:
+        return _MemoryFollower(self.store, key)
 
     async def inspect(self, key: str) -> KeyState:
         await anyio.lowlevel.checkpoint()
         now = _now()
-        entry = self.store._live(key, now)
+        name = self.store._name(_LOCK, key, now)
+        entry = None if name is None else next(iter(name.holders.values()), None)
         if entry is None:
             # The store forgets free keys; its one counter is what the next token of any key exceeds.
             return KeyState(held=False, ttl=None, fencing_counter=self.store._fence or None)

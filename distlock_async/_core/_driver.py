@@ -8,7 +8,9 @@ contract is generic over the handle's type (``None`` for a backend that needs no
 back exactly what its contender granted.
 
 A driver may also have ``inspect`` (see :class:`Inspector`): what the server knows about a key that
-the caller does not hold, behind ``locker.inspect()``. It is optional, so that a backend can ship without it.
+the caller does not hold, behind ``locker.inspect()``; and the coordination parts, :class:`Semaphores`
+and :class:`Elections`, which hand the core views of the driver that follow this same contract for
+permits and for leadership. Each is optional, so that a backend can ship without it.
 
 Drivers translate their client's errors into ``BackendError`` themselves. Every ``async def`` is a
 checkpoint. ``Contender.close``, ``Driver.release`` may run twice for one lock (a cancelled first run
@@ -20,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from .._protocols import KeyState
+from .._protocols import KeyState, Leader
 
 #: What a driver keeps about one held lock (an etcd lease, say); ``None`` for drivers that need nothing.
 H = TypeVar("H")
@@ -98,4 +100,59 @@ class Inspector(Protocol):
 
     async def inspect(self, key: str) -> KeyState:
         """Whether ``key`` is held, for how long, and its fencing counter; one round trip at most."""
+        ...
+
+
+@runtime_checkable
+class Semaphores(Protocol[H]):
+    """The part of a :class:`Driver` behind ``obtain_permit`` and ``semaphore``.
+
+    ``permits(limit)`` is a view of the driver for the permits of semaphores counted against ``limit``:
+    its contender takes a permit of the name it is given (``Granted`` while the permits held plus the
+    waiters queued ahead of it are fewer than ``limit``, FIFO), and ``release``/``extend``/``remaining``
+    act on that permit. Its names never meet the driver's lock keys. Making a view does no I/O.
+    """
+
+    def permits(self, limit: int) -> Driver[H]: ...
+
+
+class Follower(Protocol):
+    """One ``observe()``'s presence on the server (a watch, a subscription)."""
+
+    async def next(self) -> Leader | None:
+        """The election's leader: at once on the first call; later, once it may have changed.
+
+        May return an unchanged state (the core yields only changes), but must never sleep past a change
+        that is visible on the server longer than a bounded fallback. Returns promptly once ``aclose``
+        was called (from another task, say the locker's ``aclose``).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Let go of the watch or subscription; idempotent."""
+        ...
+
+
+@runtime_checkable
+class Elections(Protocol[H]):
+    """The part of a :class:`Driver` behind ``locker.election()``.
+
+    ``candidates(value)`` is a view of the driver whose contender campaigns for the name it is given with
+    ``value`` (FIFO among candidates; ``Granted`` makes it the leader, its fencing token strictly
+    increasing per name), whose ``release`` resigns and ``extend`` keeps the leadership alive. Election
+    names never meet lock keys or semaphore names. Making a view does no I/O.
+    """
+
+    def candidates(self, value: str) -> Driver[H]: ...
+
+    async def proclaim(self, name: str, token: str, handle: H, value: str) -> bool:
+        """Set the leader's value if ``token`` still leads ``name``; ``False`` if it does not."""
+        ...
+
+    async def leader(self, name: str) -> Leader | None:
+        """The current leader of ``name``; one round trip at most."""
+        ...
+
+    def follow(self, name: str) -> Follower:
+        """Start following ``name`` (no I/O until the first ``next``)."""
         ...

@@ -7,7 +7,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from types import TracebackType
-from typing import Generic
+from typing import Generic, Protocol
 
 from .._errors import LockNotHeldError
 from . import _metrics
@@ -31,11 +31,15 @@ def show_as(public: str, cls: type) -> None:
             function.__qualname__ = f"{public}.{name}"
 
 
+class Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
 class Binding(Generic[H]):
     """What the locks of one locker share with it, and all they know of it: its driver, whether it may
     still be used, the refreshers that its ``aclose()`` stops, and which backend it is (for metrics)."""
 
-    __slots__ = ("backend", "closed", "driver", "loop", "owner", "refreshers")
+    __slots__ = ("backend", "closed", "driver", "loop", "observations", "owner", "refreshers")
 
     def __init__(self, driver: Driver[H], owner: str, backend: str) -> None:
         self.driver = driver
@@ -46,6 +50,8 @@ class Binding(Generic[H]):
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.refreshers: set[RefreshTask[H]] = set()
+        #: The open ``observe()`` iterators, which ``aclose()`` ends.
+        self.observations: set[Closable] = set()
 
     def check_usable(self) -> None:
         """``RuntimeError`` if the locker is closed or bound to another event loop than the running one."""
@@ -65,6 +71,7 @@ class HeldLock(Generic[H]):
 
     __slots__ = (
         "_binding",
+        "_driver",
         "_ended",
         "_fencing_token",
         "_handle",
@@ -88,8 +95,12 @@ class HeldLock(Generic[H]):
         ttl: float,
         interval: float,
         kind: str = _metrics.LOCK,
+        driver: Driver[H] | None = None,
     ) -> None:
         self._binding = binding
+        #: What ``release``/``refresh``/``ttl`` talk to: the locker's driver, or its view for permits or
+        #: for leadership.
+        self._driver = binding.driver if driver is None else driver
         self._key = key
         self._token = token
         self._fencing_token = fencing_token
@@ -128,7 +139,7 @@ class HeldLock(Generic[H]):
         try:
             owned = await finish(
                 self._stop_refresher_and_release,
-                timeout=self._binding.driver.cleanup_timeout,
+                timeout=self._driver.cleanup_timeout,
                 what=f"release of lock {self._key!r}",
             )
         except BaseException:
@@ -151,14 +162,14 @@ class HeldLock(Generic[H]):
         # Idempotent as a whole, so that ``finish`` can run it again after a cancellation.
         if self._refresher is not None:
             await self._refresher.stop()
-        return await self._binding.driver.release(self._key, self._token, self._handle)
+        return await self._driver.release(self._key, self._token, self._handle)
 
     async def refresh(self) -> None:
         self._binding.check_usable()
         if self._released:
             await asyncio.sleep(0)
             raise LockNotHeldError(self._key, f"lock {self._key!r} was released")
-        if not await self._binding.driver.extend(self._key, self._token, self._handle, self._ttl):
+        if not await self._driver.extend(self._key, self._token, self._handle, self._ttl):
             self._end(lost=True)
             raise LockNotHeldError(self._key)
 
@@ -167,7 +178,7 @@ class HeldLock(Generic[H]):
         if self._released:
             await asyncio.sleep(0)
             return 0.0
-        return await self._binding.driver.remaining(self._key, self._token, self._handle)
+        return await self._driver.remaining(self._key, self._token, self._handle)
 
     def start_refresh(self, on_error: Callable[[BaseException], object] | None = None) -> RefreshTask[H]:
         if on_error is not None and not callable(on_error):

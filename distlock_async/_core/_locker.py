@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
@@ -15,10 +16,11 @@ import anyio
 from .._errors import LockLostError, LockNotHeldError, NotObtainedError
 from .._options import Options
 from .._protocols import KeyState
-from .._validate import check_count, check_key, check_seconds, check_timeout
+from .._validate import check_count, check_key, check_limit, check_seconds, check_timeout
 from . import _metrics
 from ._aio import finish, reraise_swallowed_cancel
-from ._driver import Contender, Driver, Granted, H, Inspector
+from ._coordination import ElectionHandle, L, Space
+from ._driver import Contender, Driver, Elections, Granted, H, Inspector, Semaphores
 from ._lock import Binding, HeldLock, show_as
 
 logger = logging.getLogger("distlock_async")
@@ -72,7 +74,8 @@ class LockerBase(Generic[H]):
         self._driver = driver
         self._options = options or Options()
         self._binding = Binding(driver, type(self).__name__, self._backend)
-        self._contexts: set[LockContext[H]] = set()
+        self._contexts: set[LockContext[Any]] = set()
+        self._locks: Space[H, HeldLock[H]] = Space(driver, _metrics.LOCK, HeldLock)
 
     @property
     def options(self) -> Options:
@@ -94,7 +97,7 @@ class LockerBase(Generic[H]):
         check_key(key)
         settings = _Settings(self._options, self._driver, ttl, max_retries, retry_delay, timeout)
         self._check_usable()
-        return await self._obtain(key, settings)
+        return await self._obtain(key, settings, self._locks)
 
     def lock(
         self,
@@ -104,10 +107,68 @@ class LockerBase(Generic[H]):
         max_retries: int | None = None,
         retry_delay: float | None = None,
         timeout: float | None = None,
-    ) -> LockContext[H]:
+    ) -> LockContext[HeldLock[H]]:
         check_key(key)
-        settings = _Settings(self._options, self._driver, ttl, max_retries, retry_delay, timeout)
-        return LockContext(self, key, settings)
+        return self._context(
+            key, self._locks, ttl=ttl, max_retries=max_retries, retry_delay=retry_delay, timeout=timeout
+        )
+
+    async def obtain_permit(
+        self,
+        name: str,
+        limit: int,
+        *,
+        ttl: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        timeout: float | None = None,
+    ) -> HeldLock[H]:
+        check_key(name, "name")
+        space = self._permits(check_limit(limit))
+        settings = _Settings(self._options, space.driver, ttl, max_retries, retry_delay, timeout)
+        self._check_usable()
+        return await self._obtain(name, settings, space)
+
+    def semaphore(
+        self,
+        name: str,
+        limit: int,
+        *,
+        ttl: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        timeout: float | None = None,
+    ) -> LockContext[HeldLock[H]]:
+        check_key(name, "name")
+        space = self._permits(check_limit(limit))
+        return self._context(name, space, ttl=ttl, max_retries=max_retries, retry_delay=retry_delay, timeout=timeout)
+
+    def _context(
+        self,
+        key: str,
+        space: Space[H, L],
+        *,
+        ttl: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        timeout: float | None = None,
+    ) -> LockContext[L]:
+        settings = _Settings(self._options, space.driver, ttl, max_retries, retry_delay, timeout)
+        return LockContext(self, key, partial(self._obtain, key, settings, space))
+
+    def election(self, name: str) -> ElectionHandle[H]:
+        check_key(name, "name")
+        return ElectionHandle(self, self._elections(), name)
+
+    def _permits(self, limit: int) -> Space[H, HeldLock[H]]:
+        if not isinstance(self._driver, Semaphores):
+            raise NotImplementedError(f"{type(self).__name__} has no semaphores")
+        return Space(self._driver.permits(limit), _metrics.PERMIT, HeldLock)
+
+    def _elections(self) -> Elections[H]:
+        if not isinstance(self._driver, Elections):
+            raise NotImplementedError(f"{type(self).__name__} has no elections")
+        return self._driver
 
     async def inspect(self, key: str) -> KeyState:
         check_key(key)
@@ -128,6 +189,8 @@ class LockerBase(Generic[H]):
         refreshers = list(self._binding.refreshers)
         for refresher in refreshers:
             await refresher.stop()
+        for observation in list(self._binding.observations):
+            await observation.aclose()
         await self._driver.aclose()
 
     async def __aenter__(self: _Self) -> _Self:
@@ -142,19 +205,19 @@ class LockerBase(Generic[H]):
     ) -> None:
         await self.aclose()
 
-    async def _obtain(self, key: str, settings: _Settings) -> HeldLock[H]:
+    async def _obtain(self, key: str, settings: _Settings, space: Space[H, L]) -> L:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            lock = await self._obtain_once(key, settings)
+            lock = await self._obtain_once(key, settings, space)
         except BaseException as exc:
-            _metrics.obtain_ended(self._backend, _metrics.LOCK, _outcome(exc), loop.time() - started)
+            _metrics.obtain_ended(self._backend, space.kind, _outcome(exc), loop.time() - started)
             raise
-        _metrics.obtain_ended(self._backend, _metrics.LOCK, _metrics.ACQUIRED, loop.time() - started)
+        _metrics.obtain_ended(self._backend, space.kind, _metrics.ACQUIRED, loop.time() - started)
         return lock
 
-    async def _obtain_once(self, key: str, settings: _Settings) -> HeldLock[H]:
-        driver = self._driver
+    async def _obtain_once(self, key: str, settings: _Settings, space: Space[H, L]) -> L:
+        driver = space.driver
         token = secrets.token_hex(16)
         contender = driver.contender(key, token, settings.ttl)
         granted: Granted[H] | None = None
@@ -165,7 +228,7 @@ class LockerBase(Generic[H]):
                 await finish(
                     partial(contender.close, granted),
                     timeout=driver.cleanup_timeout,
-                    what=f"cleanup after obtaining lock {key!r}",
+                    what=f"cleanup after obtaining {space.kind} {key!r}",
                 )
             except BaseException:
                 if granted is not None:
@@ -173,11 +236,19 @@ class LockerBase(Generic[H]):
                     await finish(
                         partial(driver.release, key, token, handle),
                         timeout=driver.cleanup_timeout,
-                        what=f"release of lock {key!r} after a failed obtain",
+                        what=f"release of {space.kind} {key!r} after a failed obtain",
                     )
                 raise
-        return HeldLock(
-            self._binding, key, token, granted.fencing_token, granted.handle, settings.ttl, settings.interval
+        return space.make(
+            self._binding,
+            key,
+            token,
+            granted.fencing_token,
+            granted.handle,
+            settings.ttl,
+            settings.interval,
+            space.kind,
+            driver,
         )
 
     async def _contend(self, key: str, contender: Contender[H], settings: _Settings) -> Granted[H]:
@@ -212,25 +283,26 @@ class LockerBase(Generic[H]):
                 next_slot = now + settings.retry_delay
 
 
-class LockContext(Generic[H]):
-    """``async with locker.lock(key) as lock:`` -- see ``distlock_async.Locker.lock``."""
+class LockContext(Generic[L]):
+    """``async with locker.lock(key) as lock:`` -- see ``distlock_async.Locker.lock``; also the context
+    manager of ``semaphore()`` and ``campaign()``, which obtain a permit or a term instead."""
 
-    __slots__ = ("_key", "_lock", "_locker", "_loss", "_refresher", "_scope", "_settings")
+    __slots__ = ("_key", "_lock", "_locker", "_loss", "_obtain", "_scope")
 
-    def __init__(self, locker: LockerBase[H], key: str, settings: _Settings) -> None:
+    def __init__(self, locker: LockerBase[Any], key: str, obtain: Callable[[], Awaitable[L]]) -> None:
         self._locker = locker
         self._key = key
-        self._settings = settings
-        self._lock: HeldLock[H] | None = None
+        self._obtain = obtain
+        self._lock: L | None = None
         self._scope: anyio.CancelScope | None = None
         self._loss: BaseException | None = None
 
-    async def __aenter__(self) -> HeldLock[H]:
+    async def __aenter__(self) -> L:
         if self._lock is not None:
             raise RuntimeError("a locker.lock() context manager cannot be entered twice")
         locker = self._locker
         locker._check_usable()
-        lock = self._lock = await locker._obtain(self._key, self._settings)
+        lock = self._lock = await self._obtain()
         lock.start_refresh(self._lose)
         self._scope = anyio.CancelScope()
         self._scope.__enter__()

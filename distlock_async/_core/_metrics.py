@@ -30,12 +30,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from opentelemetry.metrics import Counter, Histogram
 
-__all__ = ["ACQUIRED", "CANCELLED", "ERROR", "LOCK", "NOT_OBTAINED", "hold_ended", "obtain_ended"]
+__all__ = [
+    "ACQUIRED",
+    "CANCELLED",
+    "ERROR",
+    "LEADER",
+    "LOCK",
+    "NOT_OBTAINED",
+    "PERMIT",
+    "hold_ended",
+    "obtain_ended",
+]
 
 logger = logging.getLogger("distlock_async")
 
-#: ``distlock.kind``
-LOCK = "lock"
+#: ``distlock.kind``: a lock, a semaphore's permit, an election's leadership
+LOCK, PERMIT, LEADER = "lock", "permit", "leader"
 #: ``distlock.outcome``
 ACQUIRED, NOT_OBTAINED, ERROR, CANCELLED = "acquired", "not_obtained", "error", "cancelled"
 
