@@ -313,8 +313,24 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]] =
 }
 
 
+#: The backends with semaphores and elections (SPEC, "Coordination beyond the mutex").
+COORDINATION_BACKENDS = ("memory",)
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    async for b in _backend(request):
+        yield b
+
+
+@pytest.fixture(params=COORDINATION_BACKENDS)
+async def coordination(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """A backend, for the semaphore and election suites."""
+    async for b in _backend(request):
+        yield b
+
+
+async def _backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     gen = BACKENDS[request.param](request)
     b = await gen.__anext__()
     try:

@@ -25,8 +25,8 @@ class TracingEtcdLocker(EtcdLocker):
     granted: set[int]
     leftover_watches: int
 
-    async def _obtain(self, key: str, settings: Any) -> HeldLock[Held]:
-        lock = await super()._obtain(key, settings)
+    async def _obtain(self, key: str, settings: Any, space: Any) -> Any:
+        lock: HeldLock[Held] = await super()._obtain(key, settings, space)
         self.granted.add(lock._handle.lease_id)
         return lock
 

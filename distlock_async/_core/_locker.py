@@ -222,7 +222,7 @@ class LockerBase(Generic[H]):
         contender = driver.contender(key, token, settings.ttl)
         granted: Granted[H] | None = None
         try:
-            granted = await self._contend(key, contender, settings)
+            granted = await self._contend(key, contender, settings, space.kind)
         finally:
             try:
                 await finish(
@@ -251,7 +251,7 @@ class LockerBase(Generic[H]):
             driver,
         )
 
-    async def _contend(self, key: str, contender: Contender[H], settings: _Settings) -> Granted[H]:
+    async def _contend(self, key: str, contender: Contender[H], settings: _Settings, kind: str) -> Granted[H]:
         loop = asyncio.get_running_loop()
         # The budget is either a number of retries or a deadline (``timeout``); wake-ups spend neither.
         retries = settings.max_retries
@@ -271,7 +271,7 @@ class LockerBase(Generic[H]):
                 delay = min(delay, deadline - now)  # one last attempt at the deadline
             if outcome.holder_ttl is not None:
                 delay = min(delay, max(outcome.holder_ttl, _MIN_EXPIRY_WAIT))
-            logger.debug("lock %r is held by another owner; waiting up to %.3f s", key, max(delay, 0.0))
+            logger.debug("%s %r is held by another owner; waiting up to %.3f s", kind, key, max(delay, 0.0))
             if delay > 0:
                 await contender.wait(delay)
             else:
