@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from typing import TextIO
 
 import anyio
 
-from ._errors import BackendError, LockNotHeldError, NotObtainedError
-from ._protocols import Lock
+from ._errors import BackendError, LockLostError, LockNotHeldError, NotObtainedError
+from ._protocols import Leader, Lock
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio requires the backport there
     from exceptiongroup import BaseExceptionGroup
@@ -60,16 +61,26 @@ exit codes:
 
 EXIT_CODES = """\
 exit codes:
-  0      success (run: the command exited with 0)
-  2      bad usage: unknown option, bad URL, memory:// for run or status,
+  0      success (run, elect: the command exited with 0)
+  2      bad usage: unknown option, bad URL, memory:// for a command that needs a server,
          a backend that cannot show a lock's status
-  3      the lock was not obtained: someone else holds it (run --wait)
+  3      the lock or permit was not obtained: someone else holds it (run --wait)
   4      the backend is unavailable
-  5      run: the lock was lost while the command ran, and the command was stopped
-  126    run: the command could not be executed
-  127    run: the command was not found
-  128+N  run: the command was killed by signal N (or distlock was, before it started)
-  other  run: the command's own exit code
+  5      run, elect: the lock, permit or leadership was lost while the command ran, and the
+         command was stopped
+  126    run, elect: the command could not be executed
+  127    run, elect: the command was not found
+  128+N  run, elect: the command was killed by signal N (or distlock was, before it started);
+         leader --watch: ended by signal N
+  other  run, elect: the command's own exit code
+"""
+
+LEADER_EXIT_CODES = """\
+exit codes:
+  0      the leader was shown (or nobody leads)
+  2      bad usage: unknown option, bad URL, memory://
+  4      the backend is unavailable
+  128+N  --watch: ended by signal N (Ctrl-C: 130)
 """
 
 #: Signals that ``distlock run`` passes on to its command instead of dying of them.
@@ -150,15 +161,56 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between attempts while waiting; a release wakes a waiter at once anyway (default 0.1)",
     )
+    _add_grace(run)
     run.add_argument(
-        "--grace",
-        type=_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="after the lock is lost: seconds between SIGTERM and SIGKILL to the command (default 10)",
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="hold one of N permits of the semaphore KEY instead of the lock KEY: at most N commands run at once",
     )
-    run.add_argument("key", metavar="KEY", help="the lock's key")
+    run.add_argument("key", metavar="KEY", help="the lock's key (with --limit: the semaphore's name)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
+
+    elect = commands.add_parser(
+        "elect",
+        parents=[url],
+        help="run a command while this process is the leader of an election",
+        usage="distlock elect [options] NAME -- CMD [ARG ...]",
+        description="Campaign in the election NAME, waiting (first come, first served) until elected; run CMD\n"
+        "while leading, resign when it exits. SIGINT and SIGTERM end the wait, or are passed on to CMD.\n"
+        "If the leadership is lost, CMD gets SIGTERM, then SIGKILL after --grace seconds, and distlock\n"
+        "exits with 5. CMD finds the election's name and its term's fencing token in $DISTLOCK_KEY and\n"
+        "$DISTLOCK_FENCING_TOKEN.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    elect.add_argument(
+        "--value",
+        default=None,
+        help="what observers see as the leader (default: HOSTNAME:PID of this distlock)",
+    )
+    elect.add_argument(
+        "--ttl",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds the leadership outlives a dead leader (default 30)",
+    )
+    _add_grace(elect)
+    elect.add_argument("name", metavar="NAME", help="the election's name")
+    elect.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
+
+    leader = commands.add_parser(
+        "leader",
+        parents=[url],
+        help="show the leader of an election, or follow it with --watch",
+        epilog=LEADER_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    leader.add_argument("--json", action="store_true", help="print JSON objects, one a line")
+    leader.add_argument("--watch", action="store_true", help="print the leader, then each change, until a signal")
+    leader.add_argument("name", metavar="NAME", help="the election's name")
 
     status = commands.add_parser(
         "status",
@@ -193,6 +245,16 @@ def _parser() -> argparse.ArgumentParser:
         help="print the event log even on a terminal (it is the output whenever stdout is not a terminal)",
     )
     return parser
+
+
+def _add_grace(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="after a loss: seconds between SIGTERM and SIGKILL to the command (default 10)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -335,6 +397,11 @@ class _Runner:
         if exited.done():
             return _exit_code(exited.result())
         self.err.write(f"distlock: lock {key!r} was lost ({self.loss}); stopping the command with SIGTERM\n")
+        await self.stop(proc, exited, grace)
+        return EXIT_LOST
+
+    async def stop(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[int], grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns once the command has exited."""
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         done, _ = await asyncio.wait({exited}, timeout=grace)
@@ -343,20 +410,39 @@ class _Runner:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
         await exited
-        return EXIT_LOST
+
+    async def lead(self, name: str, term: Lock, cmd: list[str], grace: float) -> int:
+        """Run ``cmd`` in a campaign's body: a cancellation of the body is the loss of the leadership."""
+        try:
+            proc = await self.spawn(cmd, term)
+        except FileNotFoundError:
+            self.err.write(f"distlock: command not found: {cmd[0]}\n")
+            return EXIT_NOT_FOUND
+        except OSError as exc:
+            self.err.write(f"distlock: cannot execute {cmd[0]}: {exc.strerror or exc}\n")
+            return EXIT_CANNOT_EXECUTE
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            await asyncio.shield(exited)
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True):
+                self.err.write(f"distlock: leadership of {name!r} was lost; stopping the command with SIGTERM\n")
+                await self.stop(proc, exited, grace)
+            raise
+        return _exit_code(exited.result())
 
 
 def _exit_code(returncode: int) -> int:
     return EXIT_SIGNAL_BASE - returncode if returncode < 0 else returncode
 
 
-def _check_command(cmd: list[str]) -> list[str]:
+def _check_command(cmd: list[str], command: str = "run", operand: str = "KEY") -> list[str]:
     if cmd[:1] == ["--"]:
         cmd = cmd[1:]  # argparse keeps the separator on some Python versions
     if not cmd:
-        raise _UsageError("run needs a command: distlock run KEY -- CMD [ARG ...]")
+        raise _UsageError(f"{command} needs a command: distlock {command} {operand} -- CMD [ARG ...]")
     if cmd[0].startswith("-"):
-        raise _UsageError(f"options of run go before KEY; {cmd[0]!r} came after it")
+        raise _UsageError(f"options of {command} go before {operand}; {cmd[0]!r} came after it")
     return cmd
 
 
@@ -376,7 +462,10 @@ async def _run(args: argparse.Namespace, err: TextIO) -> int:
         loop.add_signal_handler(sig, runner.on_signal, sig)
     try:
         async with from_url(args.url, options) as locker:
-            lock = await locker.obtain(args.key, timeout=args.wait)
+            if args.limit is None:
+                lock = await locker.obtain(args.key, timeout=args.wait)
+            else:
+                lock = await locker.obtain_permit(args.key, args.limit, timeout=args.wait)
             try:
                 return await _hold(runner, lock, cmd, args.grace)
             finally:
@@ -415,6 +504,85 @@ async def _release(lock: Lock, err: TextIO, *, lost_reported: bool) -> None:
             err.write(f"distlock: lock {lock.key!r} was no longer held when the command exited\n")
     except BackendError as exc:
         err.write(f"distlock: could not release lock {lock.key!r} ({exc}); it expires with its TTL\n")
+
+
+# --- elect, leader ---------------------------------------------------------------------------------------
+
+
+async def _elect(args: argparse.Namespace, err: TextIO) -> int:
+    _refuse_memory(args.url, "elect")
+    cmd = _check_command(args.cmd, "elect", "NAME")
+    if os.sep not in cmd[0] and shutil.which(cmd[0]) is None:
+        err.write(f"distlock: command not found: {cmd[0]}\n")
+        return EXIT_NOT_FOUND
+    value = args.value if args.value is not None else f"{socket.gethostname()}:{os.getpid()}"
+    loop = asyncio.get_running_loop()
+    runner = _Runner(err)
+    for sig in FORWARDED:
+        loop.add_signal_handler(sig, runner.on_signal, sig)
+    try:
+        async with from_url(args.url, Options(ttl=args.ttl)) as locker:
+            try:
+                async with locker.election(args.name).campaign(value) as term:
+                    return await runner.lead(args.name, term, cmd, args.grace)
+            except LockLostError:
+                return EXIT_LOST
+    except asyncio.CancelledError:
+        if runner.interrupted is None:
+            raise
+        task = asyncio.current_task()
+        if task is not None and sys.version_info >= (3, 11):
+            task.uncancel()
+        return EXIT_SIGNAL_BASE + runner.interrupted
+    finally:
+        for sig in FORWARDED:
+            loop.remove_signal_handler(sig)
+
+
+def _show_leader(name: str, leader: Leader | None, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        shown = None if leader is None else {"value": leader.value, "fencing_token": leader.fencing_token}
+        out.write(json.dumps({"name": name, "leader": shown}) + "\n")
+    elif leader is None:
+        out.write(f"{name!r} has no leader\n")
+    else:
+        out.write(f"{name!r} is led by {leader.value!r} (fencing token {leader.fencing_token})\n")
+    out.flush()
+
+
+async def _leader(url: str, name: str, as_json: bool, watch: bool, out: TextIO) -> int:
+    _refuse_memory(url, "leader")
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    ended: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        if not ended and task is not None:
+            ended.append(sig)
+            task.cancel()
+
+    for sig in FORWARDED:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        async with from_url(url) as locker:
+            election = locker.election(name)
+            if not watch:
+                _show_leader(name, await election.leader(), as_json, out)
+                return EXIT_OK
+            async with election.observe() as leaders:
+                async for leader in leaders:
+                    _show_leader(name, leader, as_json, out)
+    except asyncio.CancelledError:
+        if not ended:
+            raise
+        if task is not None and sys.version_info >= (3, 11):
+            task.uncancel()
+        return EXIT_SIGNAL_BASE + ended[0]
+    else:
+        return EXIT_OK  # the observation ended with the locker
+    finally:
+        for sig in FORWARDED:
+            loop.remove_signal_handler(sig)
 
 
 # --- demo -----------------------------------------------------------------------------------------------
@@ -643,6 +811,10 @@ def _main(args: argparse.Namespace) -> int:
             return asyncio.run(_status(args.url, args.key, args.json, sys.stdout))
         if args.command == "run":
             return asyncio.run(_run(args, sys.stderr))
+        if args.command == "elect":
+            return asyncio.run(_elect(args, sys.stderr))
+        if args.command == "leader":
+            return asyncio.run(_leader(args.url, args.name, args.json, args.watch, sys.stdout))
     except (ValueError, _UsageError) as exc:
         print(f"distlock: {exc}", file=sys.stderr)
         return EXIT_USAGE
