@@ -6,6 +6,8 @@ import math
 import re
 
 MAX_KEY_BYTES = 1024
+#: The longest holder label, in UTF-8 bytes: a name to show, not a payload.
+MAX_HOLDER_BYTES = 256
 #: A year: long enough for any lease a person means to take, short enough that a unit mistake
 #: (milliseconds passed as seconds) is caught instead of turned into a lock that never expires.
 MAX_SECONDS = 365 * 24 * 3600.0
@@ -24,6 +26,18 @@ def check_key(key: object) -> str:
     if size > MAX_KEY_BYTES:
         raise ValueError(f"key must be at most {MAX_KEY_BYTES} bytes in UTF-8, got {size}")
     return key
+
+
+def check_holder(value: object) -> str:
+    """A holder label: a non-empty ``str`` of at most ``MAX_HOLDER_BYTES`` in UTF-8."""
+    holder = check_text("holder", value)
+    try:
+        size = len(holder.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holder must be encodable as UTF-8: {exc.reason} at index {exc.start}") from None
+    if size > MAX_HOLDER_BYTES:
+        raise ValueError(f"holder must be at most {MAX_HOLDER_BYTES} bytes in UTF-8, got {size}")
+    return holder
 
 
 def check_str(name: str, value: object) -> str:
