@@ -15,10 +15,12 @@ __all__ = ["MemoryLocker", "MemoryStore"]
 
 
 class _Entry:
-    __slots__ = ("expires_at", "fence", "token")
+    __slots__ = ("expires_at", "fence", "holder", "token")
 
-    def __init__(self, token: str, expires_at: float, fence: int) -> None:
+    def __init__(self, token: str, holder: str, expires_at: float, fence: int) -> None:
         self.token = token
+        #: The label ``inspect`` shows; ownership is the token's.
+        self.holder = holder
         self.expires_at = expires_at
         self.fence = fence
 
@@ -56,14 +58,14 @@ class MemoryStore:
         entry = self._live(key, now)
         return entry if entry is not None and entry.token == token else None
 
-    def _try_acquire(self, key: str, token: str, ttl: float, me: Signal) -> Granted[None] | Busy:
+    def _try_acquire(self, key: str, token: str, holder: str, ttl: float, me: Signal) -> Granted[None] | Busy:
         now = _now()
         entry = self._live(key, now)
         queue = self._queues.get(key)
         if entry is None and (not queue or next(iter(queue)) is me):
             self._leave(key, me)
             self._fence += 1
-            self._held[key] = _Entry(token, now + ttl, self._fence)
+            self._held[key] = _Entry(token, holder, now + ttl, self._fence)
             return Granted(self._fence, None)
         self._queues.setdefault(key, {}).setdefault(me, None)  # keeps its place if queued already
         # A free key is the head's: the others sleep until their retry slot or the head's release.
@@ -96,12 +98,13 @@ def _now() -> float:
 
 
 class _MemoryContender:
-    __slots__ = ("_key", "_signal", "_store", "_token", "_ttl")
+    __slots__ = ("_holder", "_key", "_signal", "_store", "_token", "_ttl")
 
-    def __init__(self, store: MemoryStore, key: str, token: str, ttl: float) -> None:
+    def __init__(self, store: MemoryStore, key: str, token: str, ttl: float, holder: str) -> None:
         self._store = store
         self._key = key
         self._token = token
+        self._holder = holder
         self._ttl = ttl
         #: Its place in the key's queue, and what a release sets to wake it.
         self._signal = Signal()
@@ -109,7 +112,7 @@ class _MemoryContender:
     async def attempt(self) -> Granted[None] | Busy:
         await anyio.lowlevel.checkpoint()
         self._signal.clear()
-        return self._store._try_acquire(self._key, self._token, self._ttl, self._signal)
+        return self._store._try_acquire(self._key, self._token, self._holder, self._ttl, self._signal)
 
     async def wait(self, timeout: float) -> bool:
         return await self._signal.wait(timeout)
@@ -130,8 +133,8 @@ class _MemoryDriver:
     def lifetime(self, ttl: float) -> float:
         return ttl
 
-    def contender(self, key: str, token: str, ttl: float) -> _MemoryContender:
-        return _MemoryContender(self.store, key, token, ttl)
+    def contender(self, key: str, token: str, ttl: float, holder: str) -> _MemoryContender:
+        return _MemoryContender(self.store, key, token, ttl, holder)
 
     async def release(self, key: str, token: str, handle: None) -> bool:
         await anyio.lowlevel.checkpoint()
@@ -159,7 +162,7 @@ class _MemoryDriver:
         if entry is None:
             # The store forgets free keys; its one counter is what the next token of any key exceeds.
             return KeyState(held=False, ttl=None, fencing_counter=self.store._fence or None)
-        return KeyState(held=True, ttl=entry.expires_at - now, fencing_counter=entry.fence)
+        return KeyState(held=True, ttl=entry.expires_at - now, fencing_counter=entry.fence, holder=entry.holder)
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
