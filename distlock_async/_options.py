@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 
-from ._validate import MAX_SECONDS, check_count, check_seconds, check_str, check_text
+from ._validate import MAX_HOLDER_BYTES, MAX_SECONDS, check_count, check_holder, check_seconds, check_str, check_text
 
 __all__ = ["EtcdOptions", "Options"]
 
@@ -23,6 +24,13 @@ class Options:
             holder wakes a waiter at once, for an extra attempt that does not use up the budget.
         refresh_interval: seconds between two refreshes of ``start_refresh()`` and ``lock()``;
             ``None`` means ``ttl / 3``; otherwise ``0 < refresh_interval < ttl``.
+        holder: a label for whoever holds a lock of this locker, stored with the lock for
+            [`Locker.inspect`][distlock_async.Locker.inspect] (as
+            [`KeyState`][distlock_async.KeyState]`.holder`) and ``distlock status`` to show. A non-empty
+            ``str`` of at most 256 bytes in UTF-8; ``None`` means ``"<hostname>:<pid>"`` of the process
+            that obtains the lock, read at each obtain (so a forked child shows its own pid). Informative
+            only: it may be shared by many lockers, and ownership stays the random
+            [`Lock.token`][distlock_async.Lock.token].
 
     Raises:
         TypeError: a field has the wrong type (``bool`` is not a number here).
@@ -33,6 +41,7 @@ class Options:
     max_retries: int = 10
     retry_delay: float = 0.1
     refresh_interval: float | None = None
+    holder: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ttl", check_seconds("ttl", self.ttl))
@@ -43,6 +52,8 @@ class Options:
             if interval >= self.ttl:
                 raise ValueError(f"refresh_interval must be < ttl ({self.ttl!r}), got {self.refresh_interval!r}")
             object.__setattr__(self, "refresh_interval", interval)
+        if self.holder is not None:
+            check_holder(self.holder)
 
     def interval_for(self, ttl: float) -> float:
         """The refresh interval of a lock obtained with ``ttl`` (which may be a per-call override)."""
@@ -54,6 +65,16 @@ class Options:
                 "(its ttl, or EtcdOptions.session_ttl on etcd)"
             )
         return self.refresh_interval
+
+
+def default_holder() -> str:
+    """``"<hostname>:<pid>"`` of the calling process: the holder label of ``Options(holder=None)``.
+
+    Read at each call, so that a forked child names its own pid; a hostname too long for the label is cut.
+    """
+    pid = f":{os.getpid()}"
+    host = socket.gethostname().encode("utf-8", "replace")[: MAX_HOLDER_BYTES - len(pid)]
+    return host.decode("utf-8", "ignore") + pid
 
 
 @dataclass(frozen=True)

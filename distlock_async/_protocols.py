@@ -25,11 +25,16 @@ class KeyState:
         fencing_counter: the number the next obtain's fencing token will exceed (the holder's token
             while held on Redis and memory; etcd's revision when free); ``None`` when the backend keeps
             none for the key right now.
+        holder: the holder's label ([`Options`][distlock_async.Options]`.holder` of the locker that
+            obtained it); ``None`` when the key is free, or held by a client that wrote no label (a Go
+            ``concurrency.Mutex`` or ``etcdctl lock`` on etcd, a lock of an older release). Informative
+            only: it says who, not whether a given [`Lock`][distlock_async.Lock] still owns the key.
     """
 
     held: bool
     ttl: float | None
     fencing_counter: int | None
+    holder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,13 @@ class Lock(Protocol):
     @property
     def token(self) -> str:
         """A random value unique to this obtain (at least 128 bits): the lock's proof of ownership."""
+        ...
+
+    @property
+    def holder(self) -> str:
+        """The label this lock was obtained with: [`Options`][distlock_async.Options]`.holder`, or
+        ``"<hostname>:<pid>"`` of the obtaining process. What [`Locker.inspect`][distlock_async.Locker.inspect]
+        shows others while this lock is held; informative only."""
         ...
 
     @property

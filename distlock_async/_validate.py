@@ -8,6 +8,8 @@ import re
 MAX_KEY_BYTES = 1024
 #: An election's value travels in every notification and observe: a name, an address, a small document.
 MAX_VALUE_BYTES = 64 * 1024
+#: The longest holder label, in UTF-8 bytes: a name to show, not a payload.
+MAX_HOLDER_BYTES = 256
 #: A year: long enough for any lease a person means to take, short enough that a unit mistake
 #: (milliseconds passed as seconds) is caught instead of turned into a lock that never expires.
 MAX_SECONDS = 365 * 24 * 3600.0
@@ -48,6 +50,13 @@ def check_limit(limit: object) -> int:
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit!r}")
     return limit
+
+
+def check_holder(value: object) -> str:
+    """A holder label: a non-empty ``str`` of at most ``MAX_HOLDER_BYTES`` in UTF-8."""
+    holder = check_text("holder", value)
+    _check_size("holder", holder, MAX_HOLDER_BYTES)
+    return holder
 
 
 def check_str(name: str, value: object) -> str:

@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -277,16 +278,20 @@ def test_run_holds_the_lock_while_the_command_runs_and_passes_its_exit_code(
     redis_server: RedisServer, admin: redis.Redis, key: str
 ) -> None:
     status = f"{sys.executable} -m distlock_async status --url {redis_server.url}"
-    script = f'{status} {key} && {status} --json {key} && echo "$DISTLOCK_KEY $DISTLOCK_FENCING_TOKEN" && exit 7'
+    script = f'{status} {key} && {status} --json {key} && echo "$DISTLOCK_KEY $DISTLOCK_FENCING_TOKEN $PPID" && exit 7'
     result = run("--url", redis_server.url, "run", key, "--", "/bin/sh", "-c", script)
     assert result.returncode == 7, result.stderr
     text, doc, env = result.stdout.splitlines()
-    assert re.fullmatch(rf"'{key}' is held, \d+\.\d{{3}} s left; fencing counter \d+", text)
+    # The holder is distlock run itself, the shell's parent: "<hostname>:<pid>" by default.
+    distlock_pid = env.rpartition(" ")[2]
+    holder = f"{socket.gethostname()}:{distlock_pid}"
+    assert re.fullmatch(rf"'{key}' is held by '{re.escape(holder)}', \d+\.\d{{3}} s left; fencing counter \d+", text)
     state = json.loads(doc)
     assert state["key"] == key
     assert state["held"] is True
     assert 0 < state["ttl"] <= 30
-    assert env == f"{key} {state['fencing_counter']}", "the command knows its key and fencing token"
+    assert state["holder"] == holder
+    assert env == f"{key} {state['fencing_counter']} {distlock_pid}", "the command knows its key and fencing token"
     assert admin.exists(lock_key(key)) == 0, "released when the command exited"
 
 
@@ -299,6 +304,7 @@ def test_status_of_a_free_key_and_a_fencing_counter_that_rises(redis_server: Red
         "held": False,
         "ttl": None,
         "fencing_counter": None,
+        "holder": None,
     }
     counters = []
     for _ in range(2):
@@ -309,6 +315,37 @@ def test_status_of_a_free_key_and_a_fencing_counter_that_rises(redis_server: Red
     assert counters[0] < counters[1]
     text = run("--url", redis_server.url, "status", key).stdout
     assert text == f"'{key}' is free; fencing counter {counters[1]}\n"
+
+
+def test_status_names_the_holder_that_obtained_with_a_label(redis_server: RedisServer, key: str) -> None:
+    probe = f"""
+import asyncio, subprocess, sys
+from distlock_async import Options, from_url
+
+async def main():
+    async with from_url({redis_server.url!r}, Options(holder="nightly build ü")) as locker:
+        async with locker.lock({key!r}):
+            status = [sys.executable, "-m", "distlock_async", "--url", {redis_server.url!r}, "status"]
+            print(subprocess.run([*status, {key!r}], capture_output=True, text=True).stdout, end="")
+            print(subprocess.run([*status, "--json", {key!r}], capture_output=True, text=True).stdout, end="")
+
+asyncio.run(main())
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    text, doc = result.stdout.splitlines()
+    assert re.fullmatch(rf"'{key}' is held by 'nightly build ü', \d+\.\d{{3}} s left; fencing counter \d+", text)
+    assert json.loads(doc)["holder"] == "nightly build ü"
+
+
+def test_status_of_a_lock_without_a_label_says_held_without_naming_anyone(
+    redis_server: RedisServer, admin: redis.Redis, key: str
+) -> None:
+    admin.set(lock_key(key), "someone-else", px=60_000)  # written by hand, or by an older release
+    text = run("--url", redis_server.url, "status", key).stdout
+    assert re.fullmatch(rf"'{key}' is held, \d+\.\d{{3}} s left; no fencing counter kept\n", text)
+    assert json.loads(run("--url", redis_server.url, "status", "--json", key).stdout)["holder"] is None
+    admin.delete(lock_key(key))
 
 
 def test_a_command_killed_by_a_signal_exits_with_128_plus_the_signal(redis_server: RedisServer, key: str) -> None:

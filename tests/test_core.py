@@ -52,7 +52,7 @@ class ScriptedDriver:
     def lifetime(self, ttl: float) -> float:
         return ttl
 
-    def contender(self, key: str, token: str, ttl: float) -> ScriptedContender:
+    def contender(self, key: str, token: str, ttl: float, holder: str) -> ScriptedContender:
         return self.c
 
     async def release(self, key: str, token: str, handle: None) -> bool:

@@ -159,6 +159,7 @@ async def test_key_layout_is_that_of_go_concurrency_mutex(make: Any, admin: aetc
     assert kv.key == f"{NS}job/42/{lease_id:x}".encode()
     assert kv.lease == lease_id
     assert kv.create_revision == lock.fencing_token
+    assert kv.value == f"{lock.token} {lock.holder}".encode()  # Go's Mutex writes "", and reads no value
     info = await admin.leasestub.LeaseTimeToLive(rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=5)
     assert list(info.keys) == [kv.key]
     await lock.release()
@@ -210,6 +211,9 @@ async def test_interop_with_etcdctl_lock(make: Any, admin: aetcd.Client, etcd_se
         assert key.startswith(f"{NS}shared/".encode())
         with pytest.raises(NotObtainedError):
             await locker.obtain("shared", max_retries=2, retry_delay=0.05)
+        # etcdctl's key holds an empty value: held, by no one we can name.
+        state = await locker.inspect("shared")
+        assert (state.held, state.holder) == (True, None)
     finally:
         await stop(go, key)
     # We hold it: etcdctl queues behind us and gets it when we release.
@@ -220,6 +224,7 @@ async def test_interop_with_etcdctl_lock(make: Any, admin: aetcd.Client, etcd_se
         await poll_until(lambda: queue_length(admin, "shared", 2))  # etcdctl has queued its key
         key = (await queue(admin, "shared"))[1].key
         assert go.returncode is None
+        assert (await locker.inspect("shared")).holder == lock.holder  # the first key's, not the queue's last
         read = asyncio.ensure_future(go.stdout.readline())
         await asyncio.sleep(0.2)
         assert not read.done(), "etcdctl took the lock while we held it"
@@ -268,21 +273,23 @@ async def test_a_txn_compare_on_the_fencing_token_rejects_a_stale_holder(make: A
 
 
 async def test_inspect_shows_the_holder_for_distlock_status(make: Any) -> None:
-    locker = make()
+    locker = make(Options(holder="status checker"))
     driver = locker._driver_
-    held, ttl, counter = astuple(await driver.inspect("status"))
-    assert (held, ttl) == (False, None)
+    held, ttl, counter, holder = astuple(await driver.inspect("status"))
+    assert (held, ttl, holder) == (False, None, None)
     lock = await locker.obtain("status", ttl=30)
     assert counter < lock.fencing_token
-    held, ttl, counter = astuple(await driver.inspect("status"))
+    held, ttl, counter, holder = astuple(await driver.inspect("status"))
     assert held
     assert ttl is not None
     assert 25 < ttl <= 30
     assert counter == lock.fencing_token
+    assert holder == "status checker"
     await lock.release()
-    held, _, counter = astuple(await driver.inspect("status"))
+    held, _, counter, holder = astuple(await driver.inspect("status"))
     assert not held
     assert counter > lock.fencing_token
+    assert holder is None
 
 
 # --- cost ---------------------------------------------------------------------------------------------

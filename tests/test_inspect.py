@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
+import anyio
 import pytest
 
-from distlock_async import KeyState, MemoryLocker
+from distlock_async import KeyState, MemoryLocker, NotObtainedError, Options
 
-from .helpers import Backend
+from .helpers import Backend, log_event
 
 pytestmark = pytest.mark.anyio
+
+#: Bounds every wait of a test: a hang fails the test instead of the whole run.
+LIMIT = 20.0
 
 
 async def inspect(backend: Backend, key: str) -> KeyState:
@@ -57,3 +63,72 @@ async def test_a_driver_without_inspect_says_so() -> None:
     locker._driver = Bare()  # type: ignore[assignment]
     with pytest.raises(NotImplementedError, match="MemoryLocker cannot inspect"):
         await locker.inspect("k")
+
+
+# --- who holds it: Options(holder=...), Lock.holder, KeyState.holder ---------------------------------
+
+#: Labels with spaces and a multi-byte character: stored after the token, they must come back whole.
+FIRST = "worker 1 on rack ü"
+SECOND = "worker 2: the waiter"
+
+
+async def test_inspect_names_the_holder_then_the_waiter_it_passed_the_lock_to(backend: Backend) -> None:
+    first = backend.locker(Options(holder=FIRST))
+    second = backend.locker(Options(holder=SECOND))
+    assert (await inspect(backend, "k")).holder is None  # free: nobody to name
+
+    lock = await first.obtain("k", ttl=10)
+    assert lock.holder == FIRST
+    state = await inspect(backend, "k")
+    assert (state.held, state.holder) == (True, FIRST)
+
+    # The second locker queues behind the first (its retry delay is far off: only the release brings it
+    # the lock); on Redis the release hands the lock to it on the server, label and all.
+    with log_event("is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
+        waiter = asyncio.ensure_future(second.obtain("k", ttl=10, max_retries=1, retry_delay=60))
+        await queued.wait()
+    assert (await inspect(backend, "k")).holder == FIRST, "a waiter is not the holder"
+    await lock.release()
+    with anyio.fail_after(LIMIT):
+        taken = await waiter
+    assert taken.holder == SECOND
+    state = await inspect(backend, "k")
+    assert (state.held, state.holder, state.fencing_counter) == (True, SECOND, taken.fencing_token)
+
+    await taken.release()
+    state = await inspect(backend, "k")
+    assert (state.held, state.holder) == (False, None)
+
+
+async def test_the_holder_label_is_informative_only(backend: Backend) -> None:
+    """Two lockers with one label still exclude each other: ownership is the token's."""
+    same = Options(holder=FIRST)
+    lock = await backend.locker(same).obtain("k")
+    with pytest.raises(NotObtainedError):
+        await backend.locker(same).obtain("k", max_retries=0)
+    assert (await inspect(backend, "k")).holder == FIRST
+    await lock.release()
+
+
+async def test_the_default_holder_is_hostname_and_pid_read_at_each_obtain(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locker = backend.locker()
+    lock = await locker.obtain("k")
+    assert lock.holder == f"{socket.gethostname()}:{os.getpid()}"
+    assert (await inspect(backend, "k")).holder == lock.holder
+    await lock.release()
+
+    # As in a child forked after the locker was made: the label names the process that obtains.
+    monkeypatch.setattr(os, "getpid", lambda: 424242)
+    lock = await locker.obtain("k")
+    assert lock.holder == f"{socket.gethostname()}:424242"
+    assert (await inspect(backend, "k")).holder == lock.holder
+    await lock.release()
+
+
+async def test_a_label_of_256_bytes_is_stored_whole(backend: Backend) -> None:
+    label = " " + "ü" * 127 + " "  # 256 bytes in UTF-8, with spaces where a parser might cut or strip
+    lock = await backend.locker(Options(holder=label)).obtain("k")
+    assert (await inspect(backend, "k")).holder == label
+    await lock.release()

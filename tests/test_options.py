@@ -20,6 +20,15 @@ def test_options_defaults_match_the_spec() -> None:
     assert options.interval_for(options.ttl) == 10.0  # None means ttl / 3
 
 
+def test_holder_defaults_to_none_and_keeps_a_label_of_up_to_256_utf8_bytes() -> None:
+    assert Options().holder is None
+    assert Options(holder="worker 1 on rack ü").holder == "worker 1 on rack ü"
+    at_limit = "a" * 254 + "é"  # "é" is two bytes: 256 bytes in 255 characters
+    assert Options(holder=at_limit).holder == at_limit
+    with pytest.raises(ValueError, match="holder must be at most 256 bytes in UTF-8, got 257"):
+        Options(holder="a" * 255 + "é")  # 256 characters, but 257 bytes: the limit counts bytes
+
+
 def test_etcd_options_defaults_match_the_spec() -> None:
     options = EtcdOptions()
     assert (options.dial_timeout, options.session_ttl, options.session_timeout) == (5.0, None, 5.0)
@@ -56,6 +65,11 @@ def test_options_are_frozen() -> None:
         ({"refresh_interval": 31}, ValueError, "refresh_interval"),
         ({"refresh_interval": math.nan}, ValueError, "refresh_interval"),
         ({"refresh_interval": True}, TypeError, "refresh_interval"),
+        ({"holder": 42}, TypeError, "holder must be a str"),
+        ({"holder": b"worker-1"}, TypeError, "holder must be a str"),
+        ({"holder": ""}, ValueError, "holder must not be empty"),
+        ({"holder": "x" * 257}, ValueError, "holder must be at most 256 bytes"),
+        ({"holder": "bad \udc80"}, ValueError, "holder must be encodable as UTF-8"),
     ],
 )
 def test_bad_options_raise_naming_the_field(kwargs: dict[str, Any], error: type[Exception], name: str) -> None:

@@ -122,7 +122,8 @@ async def test_scripts_are_reloaded_transparently_after_script_flush(
 async def test_keys_share_a_hash_slot_and_hold_the_token(own_redis: RedisServer, admin: redis.asyncio.Redis) -> None:
     locker = RedisLocker(client_for(own_redis.port), namespace="app")
     async with await locker.obtain("invoice:{42 ü", ttl=10) as lock:
-        assert await admin.get("app:{invoice:{42 ü}") == lock.token
+        # The token, then the holder label: no other key, no other command.
+        assert await admin.get("app:{invoice:{42 ü}") == f"{lock.token} {lock.holder}"
         assert 9000 < await admin.pttl("app:{invoice:{42 ü}") <= 10000
         assert await admin.get("app:{invoice:{42 ü}:fence") == str(lock.fencing_token)
     assert await lock_keys(admin, "app") == []
@@ -130,7 +131,7 @@ async def test_keys_share_a_hash_slot_and_hold_the_token(own_redis: RedisServer,
     # slots: it is escaped, with "%" too, so that no two lock names meet.
     for key, name in [("}", "app:{%7D}"), ("a}b", "app:{a%7Db}"), ("%7D", "app:{%257D}"), ("100%", "app:{100%25}")]:
         async with await locker.obtain(key, ttl=10) as lock:
-            assert await admin.get(name) == lock.token
+            assert await admin.get(name) == f"{lock.token} {lock.holder}"
             assert key_slot(name.encode()) == key_slot(f"{name}:fence".encode())
     await locker.aclose()
     await locker.client.aclose()
@@ -410,6 +411,45 @@ async def test_a_release_wakes_a_waiter_in_another_locker(redis_server: RedisSer
         await locker.aclose()
     await client_a.aclose()
     await client_b.aclose()
+
+
+async def test_a_release_hands_the_lock_to_the_queued_waiter_with_its_holder_label(redis_server: RedisServer) -> None:
+    """The hand-off writes the head waiter's owner string (token and label) as the lock's value, and the
+    message on the lock's channel names it whole, spaces in the label included."""
+    client_a, client_b = client_for(redis_server.port), client_for(redis_server.port)
+    a = RedisLocker(client_a, Options(holder="a holder"), namespace="handoff")
+    b = RedisLocker(client_b, Options(holder="the waiter, 2 words+"), namespace="handoff")
+    lock = await a.obtain("k")
+    with log_event("is held by another owner; waiting") as queued, log_event("subscribed to 'handoff:{k}'") as ready:
+        waiter = asyncio.ensure_future(b.obtain("k", max_retries=1, retry_delay=30))
+        await asyncio.wait_for(asyncio.gather(queued.wait(), ready.wait()), 10)
+    with log_event("'handoff:{k}' was handed to a waiter of this locker") as woken:
+        await lock.release()
+        # Handed over on the server by the release itself, before the waiter has confirmed it.
+        state = await a.inspect("k")
+        assert (state.held, state.holder) == (True, "the waiter, 2 words+")
+        await asyncio.wait_for(woken.wait(), 10)  # the message named the waiter, label and all
+    got = await asyncio.wait_for(waiter, 10)
+    assert got.holder == "the waiter, 2 words+"
+    assert got.fencing_token == state.fencing_counter  # the token the hand-off issued
+    await got.release()
+    for locker in (a, b):
+        await locker.aclose()
+    await client_a.aclose()
+    await client_b.aclose()
+
+
+async def test_a_lock_value_without_a_label_shows_no_holder(redis_server: RedisServer) -> None:
+    """A value of an older release (the bare token) or written by hand: held, by nobody we can name."""
+    client = client_for(redis_server.port)
+    locker = RedisLocker(client, namespace="bare")
+    for value in ("0123456789abcdef0123456789abcdef", "someone-else"):
+        await client.set("bare:{k}", value, px=10_000)
+        state = await locker.inspect("k")
+        assert (state.held, state.holder) == (True, None)
+    await client.delete("bare:{k}")
+    await locker.aclose()
+    await client.aclose()
 
 
 # --- construction and bad input -------------------------------------------------------------------

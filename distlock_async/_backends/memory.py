@@ -20,9 +20,11 @@ _LOCK, _PERMIT, _LEADER = "lock", "permit", "leader"
 
 
 class _Entry:
-    __slots__ = ("expires_at", "fence", "value")
+    __slots__ = ("expires_at", "fence", "holder", "value")
 
-    def __init__(self, expires_at: float, fence: int, value: str) -> None:
+    def __init__(self, holder: str, expires_at: float, fence: int, value: str) -> None:
+        #: The label ``inspect`` shows; ownership is the token's (the key of the entry).
+        self.holder = holder
         self.expires_at = expires_at
         self.fence = fence
         #: An election's value; empty for locks and permits.
@@ -98,7 +100,7 @@ class MemoryStore:
         return None if name is None else name.holders.get(token)
 
     def _try_acquire(
-        self, space: str, key: str, token: str, ttl: float, limit: int, value: str, me: Signal
+        self, space: str, key: str, token: str, holder: str, ttl: float, limit: int, value: str, me: Signal
     ) -> Granted[None] | Busy:
         now = _now()
         name = self._name(space, key, now)
@@ -110,7 +112,7 @@ class MemoryStore:
         if name.rank_fits(position, limit):
             queue.pop(me, None)
             self._fence += 1
-            name.holders[token] = _Entry(now + ttl, self._fence, value)
+            name.holders[token] = _Entry(holder, now + ttl, self._fence, value)
             for observer in name.observers:
                 observer.set()
             return Granted(self._fence, None)
@@ -141,12 +143,13 @@ def _now() -> float:
 
 
 class _MemoryContender:
-    __slots__ = ("_driver", "_key", "_signal", "_token", "_ttl")
+    __slots__ = ("_driver", "_holder", "_key", "_signal", "_token", "_ttl")
 
-    def __init__(self, driver: _MemoryDriver, key: str, token: str, ttl: float) -> None:
+    def __init__(self, driver: _MemoryDriver, key: str, token: str, ttl: float, holder: str) -> None:
         self._driver = driver
         self._key = key
         self._token = token
+        self._holder = holder
         self._ttl = ttl
         #: Its place in the key's queue, and what a release sets to wake it.
         self._signal = Signal()
@@ -156,7 +159,7 @@ class _MemoryContender:
         self._signal.clear()
         driver = self._driver
         return driver.store._try_acquire(
-            driver.space, self._key, self._token, self._ttl, driver.limit, driver.value, self._signal
+            driver.space, self._key, self._token, self._holder, self._ttl, driver.limit, driver.value, self._signal
         )
 
     async def wait(self, timeout: float) -> bool:
@@ -228,8 +231,8 @@ class _MemoryDriver:
     def lifetime(self, ttl: float) -> float:
         return ttl
 
-    def contender(self, key: str, token: str, ttl: float) -> _MemoryContender:
-        return _MemoryContender(self, key, token, ttl)
+    def contender(self, key: str, token: str, ttl: float, holder: str) -> _MemoryContender:
+        return _MemoryContender(self, key, token, ttl, holder)
 
     def permits(self, limit: int) -> _MemoryDriver:
         return _MemoryDriver(self.store, _PERMIT, limit)
@@ -283,7 +286,7 @@ class _MemoryDriver:
         if entry is None:
             # The store forgets free keys; its one counter is what the next token of any key exceeds.
             return KeyState(held=False, ttl=None, fencing_counter=self.store._fence or None)
-        return KeyState(held=True, ttl=entry.expires_at - now, fencing_counter=entry.fence)
+        return KeyState(held=True, ttl=entry.expires_at - now, fencing_counter=entry.fence, holder=entry.holder)
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()

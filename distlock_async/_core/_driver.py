@@ -75,7 +75,10 @@ class Driver(Protocol[H]):
         cannot keep it as asked. Refreshes are spaced by this, not by ``ttl``."""
         ...
 
-    def contender(self, key: str, token: str, ttl: float) -> Contender[H]: ...
+    def contender(self, key: str, token: str, ttl: float, holder: str) -> Contender[H]:
+        """One obtain of ``key`` by ``token``; the lock it takes carries ``holder``, the label that
+        ``inspect`` reports (informative only: ownership is ``token``'s)."""
+        ...
 
     async def release(self, key: str, token: str, handle: H) -> bool:
         """Delete the lock if ``token`` still owns it; ``False`` if it did not."""

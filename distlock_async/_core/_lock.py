@@ -75,6 +75,7 @@ class HeldLock(Generic[H]):
         "_ended",
         "_fencing_token",
         "_handle",
+        "_holder",
         "_interval",
         "_key",
         "_kind",
@@ -90,6 +91,7 @@ class HeldLock(Generic[H]):
         binding: Binding[H],
         key: str,
         token: str,
+        holder: str,
         fencing_token: int,
         handle: H,
         ttl: float,
@@ -103,6 +105,7 @@ class HeldLock(Generic[H]):
         self._driver = binding.driver if driver is None else driver
         self._key = key
         self._token = token
+        self._holder = holder
         self._fencing_token = fencing_token
         self._handle = handle
         self._ttl = ttl
@@ -121,6 +124,10 @@ class HeldLock(Generic[H]):
     @property
     def token(self) -> str:
         return self._token
+
+    @property
+    def holder(self) -> str:
+        return self._holder
 
     @property
     def fencing_token(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import anyio
 
 from .._errors import LockLostError, LockNotHeldError, NotObtainedError
-from .._options import Options
+from .._options import Options, default_holder
 from .._protocols import KeyState
 from .._validate import check_count, check_key, check_limit, check_seconds, check_timeout
 from . import _metrics
@@ -219,7 +219,8 @@ class LockerBase(Generic[H]):
     async def _obtain_once(self, key: str, settings: _Settings, space: Space[H, L]) -> L:
         driver = space.driver
         token = secrets.token_hex(16)
-        contender = driver.contender(key, token, settings.ttl)
+        holder = self._options.holder or default_holder()  # read now: a forked child names its own pid
+        contender = driver.contender(key, token, settings.ttl, holder)
         granted: Granted[H] | None = None
         try:
             granted = await self._contend(key, contender, settings, space.kind)
@@ -243,6 +244,7 @@ class LockerBase(Generic[H]):
             self._binding,
             key,
             token,
+            holder,
             granted.fencing_token,
             granted.handle,
             settings.ttl,

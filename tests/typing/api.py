@@ -100,4 +100,11 @@ async def status(locker: Locker) -> str:
     state: KeyState = await locker.inspect("job")
     left: float | None = state.ttl
     counter: int | None = state.fencing_counter
-    return f"{state.held} {left} {counter}"
+    holder: str | None = state.holder
+    return f"{state.held} {left} {counter} {holder}"
+
+
+async def labelled(url: str) -> str:
+    async with from_url(url, Options(holder="worker-1")) as locker, locker.lock("job") as lock:
+        label: str = lock.holder
+        return label

@@ -12,7 +12,7 @@ import grpc
 from ..._core._driver import Busy, Granted
 from ..._errors import BackendError
 from .errors import code, is_lease_not_found
-from .queue import is_member, join_queue
+from .queue import is_member, join_queue, value_of
 from .streams import Watch
 
 if TYPE_CHECKING:
@@ -63,14 +63,15 @@ class EtcdContender:
         "_renewal",
         "_reused",
         "_revision",
-        "_token",
+        "_value",
         "_watch",
     )
 
-    def __init__(self, driver: EtcdDriver, key: str, token: str, ttl: float) -> None:
+    def __init__(self, driver: EtcdDriver, key: str, token: str, ttl: float, holder: str) -> None:
         self._driver = driver
         self._key = key
-        self._token = token
+        #: What our key holds: the token and the holder label that ``inspect`` shows.
+        self._value = value_of(token, holder)
         self._prefix = f"{driver.namespace}{key}/".encode()
         self._lease_ttl = driver.lease_ttl(ttl)
         self._lease_id = 0
@@ -211,7 +212,7 @@ class EtcdContender:
 
     async def _txn(self) -> Any:
         """Go's ``Mutex.tryAcquire``: queue our key unless it is queued already, and read the first key."""
-        return await self._driver.txn(join_queue(self._own, self._prefix, self._token, self._lease_id))
+        return await self._driver.txn(join_queue(self._own, self._prefix, self._value, self._lease_id))
 
     async def wait(self, timeout: float) -> bool:
         driver = self._driver

@@ -23,7 +23,7 @@ from .._compat_aetcd import Client, credentials_of
 from .channel import HASLEADER, authenticate, channel_options, dial, load_credentials, resolve_target, unary
 from .contender import EtcdContender, Held
 from .errors import CLIENT_ERRORS, backend_error, code, is_lease_not_found, is_token_rejected, is_transient
-from .queue import is_member, leave_queue, predecessor, queue
+from .queue import holder_of, is_member, leave_queue, predecessor, queue
 from .streams import KeepAlives, StreamFailed, Watches
 
 __all__ = ["EtcdDriver"]
@@ -288,9 +288,10 @@ class EtcdDriver:
 
     # --- the queue of a lock -----------------------------------------------------------------------
 
-    async def members(self, prefix: bytes, *, limit_one: bool) -> list[Any]:
-        """The lock keys of a name in queue order, without the keys of names nested below it."""
-        reply = await self.range(queue(prefix))
+    async def members(self, prefix: bytes, *, limit_one: bool, values: bool = False) -> list[Any]:
+        """The lock keys of a name in queue order, without the keys of names nested below it; with their
+        values if ``values``."""
+        reply = await self.range(queue(prefix, keys_only=not values))
         members = [kv for kv in reply.kvs if is_member(prefix, kv.key)]
         return members[:1] if limit_one else members
 
@@ -308,29 +309,31 @@ class EtcdDriver:
         return kvs[0].key, reply.header.revision
 
     async def inspect(self, key: str) -> KeyState:
-        """What ``distlock status`` shows: held, the holder's remaining seconds, the fencing counter.
+        """What ``distlock status`` shows: held, the holder's remaining seconds, the fencing counter, the
+        holder's label.
 
         The counter is the holder's fencing token while the key is held, else the cluster's revision,
-        which the next obtain's token will exceed. Two round trips while held (the key, its lease).
+        which the next obtain's token will exceed. The label is in the value of the first key in queue
+        order (none in a Go ``Mutex``'s). Two round trips while held (the key, its lease).
         """
         prefix = f"{self.namespace}{key}/".encode()
-        queue = await self.members(prefix, limit_one=True)
+        queue = await self.members(prefix, limit_one=True, values=True)
         if not queue:
             reply = await self.range(rpc.RangeRequest(key=prefix, count_only=True))
             return KeyState(False, None, int(reply.header.revision))
-        holder = queue[0]
-        info = await self.lease_time_to_live(holder.lease)
+        first = queue[0]
+        info = await self.lease_time_to_live(first.lease)
         # A key without a lease (written by hand) holds the lock until deleted.
-        ttl = None if holder.lease == 0 else max(float(info.TTL), 0.0)
-        return KeyState(True, ttl, int(holder.create_revision))
+        ttl = None if first.lease == 0 else max(float(info.TTL), 0.0)
+        return KeyState(True, ttl, int(first.create_revision), holder_of(first.value))
 
     # --- Driver ------------------------------------------------------------------------------------
 
     def lifetime(self, ttl: float) -> float:
         return float(self.lease_ttl(ttl))  # session_ttl if set, else ttl rounded up to whole seconds
 
-    def contender(self, key: str, token: str, ttl: float) -> EtcdContender:
-        return EtcdContender(self, key, token, ttl)
+    def contender(self, key: str, token: str, ttl: float, holder: str) -> EtcdContender:
+        return EtcdContender(self, key, token, ttl, holder)
 
     async def _owns(self, held: Held) -> bool:
         reply = await self.range(rpc.RangeRequest(key=held.key))

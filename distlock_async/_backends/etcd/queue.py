@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from aetcd import rpc
 
-__all__ = ["first_in_queue", "is_member", "join_queue", "leave_queue", "predecessor", "queue", "range_end"]
+__all__ = [
+    "first_in_queue",
+    "holder_of",
+    "is_member",
+    "join_queue",
+    "leave_queue",
+    "predecessor",
+    "queue",
+    "range_end",
+    "value_of",
+]
 
 
 _HEX = frozenset(b"0123456789abcdef")
@@ -22,19 +32,32 @@ def is_member(prefix: bytes, key: bytes) -> bool:
     return bool(suffix) and _HEX.issuperset(suffix)
 
 
-def _by_creation(prefix: bytes, **fields: object) -> rpc.RangeRequest:
+def value_of(token: str, holder: str) -> bytes:
+    """The value of our lock key: the token, a space, the holder label. Go's ``Mutex`` writes ``""``; only
+    :func:`holder_of` reads it (ownership is the key's create revision and lease)."""
+    return f"{token} {holder}".encode()
+
+
+def holder_of(value: bytes) -> str | None:
+    """The holder label in a lock key's value; ``None`` if it has none (Go's ``Mutex``, ``etcdctl lock``)."""
+    _, space, holder = value.partition(b" ")
+    return holder.decode("utf-8", "replace") if space and holder else None
+
+
+def _by_creation(prefix: bytes, *, keys_only: bool = True, **fields: object) -> rpc.RangeRequest:
     return rpc.RangeRequest(
         key=prefix,
         range_end=range_end(prefix),
         sort_target=rpc.RangeRequest.SortTarget.CREATE,
-        keys_only=True,
+        keys_only=keys_only,
         **fields,
     )
 
 
-def queue(prefix: bytes) -> rpc.RangeRequest:
-    """The keys under ``prefix`` in queue order (names nested below it included: see :func:`is_member`)."""
-    return _by_creation(prefix, sort_order=rpc.RangeRequest.SortOrder.ASCEND)
+def queue(prefix: bytes, *, keys_only: bool = True) -> rpc.RangeRequest:
+    """The keys under ``prefix`` in queue order (names nested below it included: see :func:`is_member`);
+    their values too unless ``keys_only``."""
+    return _by_creation(prefix, keys_only=keys_only, sort_order=rpc.RangeRequest.SortOrder.ASCEND)
 
 
 def first_in_queue(prefix: bytes) -> rpc.RangeRequest:
@@ -49,12 +72,13 @@ def predecessor(prefix: bytes, revision: int) -> rpc.RangeRequest:
     )
 
 
-def join_queue(own: bytes, prefix: bytes, token: str, lease_id: int) -> rpc.TxnRequest:
-    """Go's ``Mutex.tryAcquire``: queue ``own`` unless it is queued already, and read the first key."""
+def join_queue(own: bytes, prefix: bytes, value: bytes, lease_id: int) -> rpc.TxnRequest:
+    """Go's ``Mutex.tryAcquire``: queue ``own`` (with ``value``) unless it is queued already, and read the
+    first key."""
     first = rpc.RequestOp(request_range=first_in_queue(prefix))
     return rpc.TxnRequest(
         compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=own, create_revision=0)],
-        success=[rpc.RequestOp(request_put=rpc.PutRequest(key=own, value=token.encode(), lease=lease_id)), first],
+        success=[rpc.RequestOp(request_put=rpc.PutRequest(key=own, value=value, lease=lease_id)), first],
         failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=own)), first],
     )
 

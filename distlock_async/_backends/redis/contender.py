@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..._core._aio import Signal
 from ..._core._driver import Busy, Granted
 from ..._errors import BackendError
-from .scripts import OBTAIN, WAITER_TTL_MS, Keys, ms
+from .scripts import OBTAIN, WAITER_TTL_MS, Keys, ms, owner
 from .wire import unsent
 
 if TYPE_CHECKING:
@@ -29,14 +29,17 @@ class RedisContender:
     A release hands the lock to the first waiter and names it on the lock's channel: only that waiter
     wakes, and its next attempt confirms the lock (one round trip, no race). Leaving without the lock
     takes the contender out of the queue and passes on a lock handed to it meanwhile.
+
+    On the server the contender is its *owner* string, its token and holder label (see ``scripts``); a
+    granted lock's handle is that string, which the driver's release, refresh and ``ttl()`` compare.
     """
 
-    __slots__ = ("_driver", "_keys", "_queued", "_signal", "_token", "_ttl_ms", "_uncertain")
+    __slots__ = ("_driver", "_keys", "_owner", "_queued", "_signal", "_ttl_ms", "_uncertain")
 
-    def __init__(self, driver: RedisDriver, key: str, token: str, ttl: float) -> None:
+    def __init__(self, driver: RedisDriver, key: str, token: str, ttl: float, holder: str) -> None:
         self._driver = driver
         self._keys = Keys(driver.namespace, key)
-        self._token = token
+        self._owner = owner(token, holder)
         self._ttl_ms = ms(ttl)
         self._signal: Signal | None = None
         #: An attempt found the lock taken: we have a place in the queue (or had one) to give back.
@@ -45,13 +48,13 @@ class RedisContender:
         #: taken the lock; close() leaves the queue, which also passes such a lock on.
         self._uncertain = False
 
-    async def attempt(self) -> Granted[None] | Busy:
+    async def attempt(self) -> Granted[str] | Busy:
         if self._signal is not None:
             self._signal.clear()
         keys = self._keys
         try:
             reply = await self._driver.run(
-                OBTAIN, keys.lock, keys.all, (self._token, WAITER_TTL_MS, self._ttl_ms), undoable=True
+                OBTAIN, keys.lock, keys.all, (self._owner, WAITER_TTL_MS, self._ttl_ms), undoable=True
             )
         except BaseException as exc:
             # The command may have been applied (unless no connection could be made): close() leaves the
@@ -66,7 +69,7 @@ class RedisContender:
                 except BaseException:
                     self._uncertain = True  # close() passes on the lock we just took
                     raise
-            return Granted(int(reply[1]), None)
+            return Granted(int(reply[1]), self._owner)
         self._queued = True
         pttl = int(reply[1])
         return Busy(pttl / 1000 if pttl >= 0 else None)
@@ -77,7 +80,7 @@ class RedisContender:
         signal = self._signal
         if signal is None:
             signal = self._signal = Signal()
-            if await self._driver.subscriber.join(self._keys.lock, self._token, signal, timeout):
+            if await self._driver.subscriber.join(self._keys.lock, self._owner, signal, timeout):
                 return True  # subscribed just now: check again, the lock may have been handed over before
         while True:
             left = deadline - loop.time()
@@ -85,17 +88,17 @@ class RedisContender:
                 return signal.is_set()
             if await signal.wait(min(left, _KEEP_ALIVE)):
                 return True
-            if loop.time() < deadline and not await self._driver.touch(self._keys, self._token):
+            if loop.time() < deadline and not await self._driver.touch(self._keys, self._owner):
                 return True  # our place was dropped (this process stalled): queue again
             # Kept alive; wait on.
 
-    async def close(self, granted: Granted[None] | None) -> None:
+    async def close(self, granted: Granted[str] | None) -> None:
         signal, self._signal = self._signal, None
         if signal is not None:
-            await self._driver.subscriber.leave(self._keys.lock, self._token)
+            await self._driver.subscriber.leave(self._keys.lock, self._owner)
         if granted is None and (self._queued or self._uncertain):
             try:
-                await self._driver.leave(self._keys, self._token)
+                await self._driver.leave(self._keys, self._owner)
             except BackendError as exc:
                 logger.warning(
                     "could not take an abandoned obtain of %r out of the queue (%s); its place expires within %.0f s",

@@ -15,7 +15,7 @@ from ..._protocols import KeyState
 from .._compat_redis import initialization_due
 from .config import RedisConfig
 from .contender import RedisContender
-from .scripts import EXTEND, INSPECT, LEAVE, RELEASE, REMAINING, TOUCH, WAITER_TTL_MS, Keys, Script, ms
+from .scripts import EXTEND, INSPECT, LEAVE, RELEASE, REMAINING, TOUCH, WAITER_TTL_MS, Keys, Script, holder_of, ms
 from .subscriber import Subscriber
 from .wire import CLIENT_ERRORS, Mux
 
@@ -87,8 +87,8 @@ class RedisDriver:
     def lifetime(self, ttl: float) -> float:
         return ttl
 
-    def contender(self, key: str, token: str, ttl: float) -> RedisContender:
-        return RedisContender(self, key, token, ttl)
+    def contender(self, key: str, token: str, ttl: float, holder: str) -> RedisContender:
+        return RedisContender(self, key, token, ttl, holder)
 
     def _mux(self, lock_key: str, node_addr: tuple[str, int] | None = None) -> Mux:
         """The connection to the server of ``lock_key``, or to the Cluster node at ``node_addr``."""
@@ -111,9 +111,9 @@ class RedisDriver:
     ) -> Any:
         """Run ``script`` with one client command (two the first time a server sees it).
 
-        ``undoable``: a queue script (``keys`` are a lock's ``Keys.all``) whose ``args[0]`` is a token that it
+        ``undoable``: a queue script (``keys`` are a lock's ``Keys.all``) whose ``args[0]`` is an owner that it
         may have made the owner of ``lock_key`` or queued; if the deadline passes, a ``LEAVE`` with that
-        token is queued behind the call (see ``Mux.call``), which also passes on a lock it took.
+        owner is queued behind the call (see ``Mux.call``), which also passes on a lock it took.
         """
         if self.closed:
             raise RuntimeError("the RedisLocker is closed; the locks it held expire with their TTL")
@@ -168,40 +168,44 @@ class RedisDriver:
             redirects += 1
         raise BackendError(f"redis cluster kept redirecting {lock_key!r}")
 
-    async def release(self, key: str, token: str, handle: None) -> bool:
+    # A lock's handle is its owner string (``scripts.owner``): what the server stores and compares.
+
+    async def release(self, key: str, token: str, handle: str) -> bool:
         keys = Keys(self.namespace, key)
-        reply = await self.run(RELEASE, keys.lock, keys.all, (token, WAITER_TTL_MS))
+        reply = await self.run(RELEASE, keys.lock, keys.all, (handle, WAITER_TTL_MS))
         if len(reply) > 1 and reply[1] is not None:
             # Handed to a waiter: if it is one of ours, wake it now rather than when the message comes.
             head = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
             self.subscriber.wake(keys.lock, head)
         return int(reply[0]) == 1
 
-    async def leave(self, keys: Keys, token: str) -> bool:
-        """Take ``token`` out of the lock's queue, passing on the lock if it had it; ``True`` if it had."""
-        return int(await self.run(LEAVE, keys.lock, keys.all, (token, WAITER_TTL_MS))) == 1
+    async def leave(self, keys: Keys, owner: str) -> bool:
+        """Take ``owner`` out of the lock's queue, passing on the lock if it had it; ``True`` if it had."""
+        return int(await self.run(LEAVE, keys.lock, keys.all, (owner, WAITER_TTL_MS))) == 1
 
-    async def touch(self, keys: Keys, token: str) -> bool:
-        """Keep ``token``'s place in the lock's queue; ``False`` if it has none any more."""
-        return int(await self.run(TOUCH, keys.lock, keys.all, (token, WAITER_TTL_MS))) == 1
+    async def touch(self, keys: Keys, owner: str) -> bool:
+        """Keep ``owner``'s place in the lock's queue; ``False`` if it has none any more."""
+        return int(await self.run(TOUCH, keys.lock, keys.all, (owner, WAITER_TTL_MS))) == 1
 
-    async def extend(self, key: str, token: str, handle: None, ttl: float) -> bool:
+    async def extend(self, key: str, token: str, handle: str, ttl: float) -> bool:
         lock_key = Keys(self.namespace, key).lock
-        return int(await self.run(EXTEND, lock_key, (lock_key,), (token, ms(ttl)))) == 1
+        return int(await self.run(EXTEND, lock_key, (lock_key,), (handle, ms(ttl)))) == 1
 
-    async def remaining(self, key: str, token: str, handle: None) -> float:
+    async def remaining(self, key: str, token: str, handle: str) -> float:
         lock_key = Keys(self.namespace, key).lock
-        pttl = int(await self.run(REMAINING, lock_key, (lock_key,), (token,)))
+        pttl = int(await self.run(REMAINING, lock_key, (lock_key,), (handle,)))
         return max(pttl, 0) / 1000
 
     async def inspect(self, key: str) -> KeyState:
         keys = Keys(self.namespace, key)
-        held, pttl, fence = await self.run(INSPECT, keys.lock, (keys.lock, keys.fence), ())
+        held, pttl, fence, value = await self.run(INSPECT, keys.lock, (keys.lock, keys.fence), ())
         counter = int(fence) if fence else None
         if int(held) != 1:
             return KeyState(held=False, ttl=None, fencing_counter=counter)
         # A key without expiry (-1) is not one of ours; report it as held with no known end.
-        return KeyState(held=True, ttl=int(pttl) / 1000 if int(pttl) >= 0 else None, fencing_counter=counter)
+        ttl = int(pttl) / 1000 if int(pttl) >= 0 else None
+        holder = holder_of(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
+        return KeyState(held=True, ttl=ttl, fencing_counter=counter, holder=holder)
 
     async def aclose(self) -> None:
         self.closed = True

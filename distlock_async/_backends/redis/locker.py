@@ -14,7 +14,7 @@ from .driver import RedisDriver
 __all__ = ["RedisLocker"]
 
 
-class RedisLocker(LockerBase[None]):
+class RedisLocker(LockerBase[str]):
     """Locks in Redis: standalone, Sentinel-managed or Cluster.
 
     Each lock is one key, ``"{namespace}:{" + key + "}"`` (with ``%`` and ``}`` of the key written as

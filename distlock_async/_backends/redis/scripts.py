@@ -15,7 +15,10 @@ __all__ = [
     "WAITER_TTL_MS",
     "Keys",
     "Script",
+    "holder_of",
     "ms",
+    "owner",
+    "owner_of_notice",
 ]
 
 
@@ -33,9 +36,14 @@ class Script:
 #: most this long.
 WAITER_TTL_MS = 3000
 
-# The queue scripts: KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue (zset: waiter token -> arrival
-# number), KEYS[4] waiters' deadlines (zset: waiter token -> server ms when the entry dies unless kept
-# alive); ARGV[1] token, ARGV[2] WAITER_TTL_MS. Every deadline is on the server's clock (TIME), never a
+# An obtain's *owner* is its token, a space and its holder label (see ``owner``): the lock's value while
+# it holds the lock, its member in the queue while it waits. Every script compares it whole, so ownership
+# is the token's (the label only rides along), and a hand-off to the head of the queue carries the head's
+# label into the lock's value with no extra key or command.
+#
+# The queue scripts: KEYS[1] lock, KEYS[2] fence counter, KEYS[3] queue (zset: waiter's owner -> arrival
+# number), KEYS[4] waiters' deadlines (zset: waiter's owner -> server ms when the entry dies unless kept
+# alive); ARGV[1] owner, ARGV[2] WAITER_TTL_MS. Every deadline is on the server's clock (TIME), never a
 # client's. The prelude drops dead waiters and defines what the scripts share.
 #
 # The fencing token is one more than the last one, and never below the server clock in microseconds, so
@@ -57,12 +65,12 @@ local function waiting()
   end
   return redis.call('exists', KEYS[3]) == 1
 end
-local function leave(token)
-  redis.call('zrem', KEYS[3], token)
-  redis.call('zrem', KEYS[4], token)
+local function leave(owner)
+  redis.call('zrem', KEYS[3], owner)
+  redis.call('zrem', KEYS[4], owner)
 end
-local function grant(token, ttl)
-  redis.call('set', KEYS[1], token, 'PX', ttl)
+local function grant(owner, ttl)
+  redis.call('set', KEYS[1], owner, 'PX', ttl)
   local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
   if fence < floor then fence = floor end
@@ -84,9 +92,9 @@ local function hand_to(head)
   end
   return head
 end
-local function keep(token)
+local function keep(owner)
   local deadline = now + grace
-  redis.call('zadd', KEYS[4], deadline, token)
+  redis.call('zadd', KEYS[4], deadline, owner)
   redis.call('pexpireat', KEYS[3], deadline)
   redis.call('pexpireat', KEYS[4], deadline)
 end
@@ -125,8 +133,9 @@ return {0, redis.call('pttl', KEYS[1])}
 )
 
 # {1, the waiter it went to or nil} if it was ours and is released: handed to the first live waiter (for
-# WAITER_TTL_MS, until it confirms), who hears of it on the lock's channel ("<its token> <its fencing
-# token>"); free otherwise. {0} if it was not ours.
+# WAITER_TTL_MS, until it confirms), who hears of it on the lock's channel ("<its owner> <its fencing
+# token>": the owner's label may hold spaces, the fencing token is the last word); free otherwise. {0}
+# if it was not ours.
 RELEASE = Script(
     _PRELUDE
     + """
@@ -166,7 +175,7 @@ return 1
 )
 
 
-# KEYS[1] lock; ARGV[1] token, ARGV[2] TTL in ms. 1 if it was ours and has its full TTL again.
+# KEYS[1] lock; ARGV[1] owner, ARGV[2] TTL in ms. 1 if it was ours and has its full TTL again.
 EXTEND = Script("""
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
@@ -175,7 +184,7 @@ return 0
 """)
 
 
-# KEYS[1] lock; ARGV[1] token. Remaining ms if it is ours, else -2.
+# KEYS[1] lock; ARGV[1] owner. Remaining ms if it is ours, else -2.
 REMAINING = Script("""
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pttl', KEYS[1])
@@ -184,20 +193,38 @@ return -2
 """)
 
 
-# KEYS[1] lock, KEYS[2] fence counter. {1 if held, the holder's remaining ms or -2, the counter or ''}.
-# A lock handed to a waiter that has not confirmed yet counts as held (by that waiter).
+# KEYS[1] lock, KEYS[2] fence counter. {1 if held, the holder's remaining ms or -2, the counter or '',
+# the holder's owner or ''}. A lock handed to a waiter that has not confirmed yet counts as held (by
+# that waiter).
 INSPECT = Script("""
 local held = redis.call('get', KEYS[1])
 local fence = redis.call('get', KEYS[2]) or ''
 if held then
-  return {1, redis.call('pttl', KEYS[1]), fence}
+  return {1, redis.call('pttl', KEYS[1]), fence, held}
 end
-return {0, -2, fence}
+return {0, -2, fence, ''}
 """)
 
 
 def ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+def owner(token: str, holder: str) -> str:
+    """What the scripts store and compare for one obtain: its token (hex, no space), a space, its label."""
+    return f"{token} {holder}"
+
+
+def holder_of(owner: str) -> str | None:
+    """The label of a stored owner; ``None`` for a value without one (a lock of an older release, or a
+    value written by hand)."""
+    _, space, holder = owner.partition(" ")
+    return holder if space and holder else None
+
+
+def owner_of_notice(message: str) -> str:
+    """Whom a release's message ("<owner> <fencing token>") hands the lock to; its label may hold spaces."""
+    return message.rpartition(" ")[0]
 
 
 class Keys:

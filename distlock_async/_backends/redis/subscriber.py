@@ -1,7 +1,8 @@
-"""Wake on release for Redis: one pub/sub connection per locker, and its waiting tasks by lock and token.
+"""Wake on release for Redis: one pub/sub connection per locker, and its waiting tasks by lock and owner.
 
 The queue itself lives on the server (see ``scripts``); a release hands the lock to the first waiter
-and publishes its token on the lock's channel, and only that waiter is woken.
+and publishes its owner string (token and holder label) on the lock's channel, and only that waiter is
+woken.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._core._aio import Signal, cancel_and_wait
+from .scripts import owner_of_notice
 from .wire import CLIENT_ERRORS
 
 __all__ = ["Channel", "Subscriber"]
@@ -21,7 +23,7 @@ logger = logging.getLogger("distlock_async")
 
 
 class Channel:
-    """This locker's waiters on one lock, by token: a release hands the lock to one of them by name."""
+    """This locker's waiters on one lock, by owner: a release hands the lock to one of them by name."""
 
     __slots__ = ("ready", "waiters")
 
@@ -30,10 +32,12 @@ class Channel:
         #: ``True`` once the channel is subscribed, ``False`` if subscribing failed.
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
-    def wake(self, token: str) -> None:
-        signal = self.waiters.get(token)
+    def wake(self, owner: str) -> bool:
+        """Wake ``owner`` if it is one of these waiters; whether it is."""
+        signal = self.waiters.get(owner)
         if signal is not None:
             signal.set()
+        return signal is not None
 
     def wake_all(self) -> None:
         for signal in self.waiters.values():
@@ -60,28 +64,28 @@ class Subscriber:
         self.queues: dict[str, Channel] = {}
         self._stopping = asyncio.Lock()
 
-    async def join(self, channel: str, token: str, signal: Signal, timeout: float) -> bool:
+    async def join(self, channel: str, owner: str, signal: Signal, timeout: float) -> bool:
         """Add a waiter; ``True`` once its channel is subscribed (so the caller rechecks the lock: a
         release may have handed it over before the subscription)."""
         queue = self.queues.get(channel)
         if queue is not None:
-            queue.waiters[token] = signal
+            queue.waiters[owner] = signal
         else:
             queue = self.queues[channel] = Channel()
-            queue.waiters[token] = signal
+            queue.waiters[owner] = signal
             self._request(True, channel)
         # Running out of time just means "no wake-ups yet": the caller's timer still bounds the wait.
         await asyncio.wait({queue.ready}, timeout=timeout)
         ready = queue.ready
         return ready.done() and not ready.cancelled() and bool(ready.result())
 
-    async def leave(self, channel: str, token: str) -> None:
+    async def leave(self, channel: str, owner: str) -> None:
         """Remove a waiter. Idempotent: a run cut short by a cancellation is repeated (see ``finish``).
 
         A lock handed to it after this is passed on by the server queue's ``LEAVE``, which the caller runs.
         """
         queue = self.queues.get(channel)
-        if queue is not None and queue.waiters.pop(token, None) is not None and not queue.waiters:
+        if queue is not None and queue.waiters.pop(owner, None) is not None and not queue.waiters:
             del self.queues[channel]
             if not queue.ready.done():
                 queue.ready.cancel()
@@ -92,11 +96,11 @@ class Subscriber:
         else:
             await asyncio.sleep(0)
 
-    def wake(self, channel: str, token: str) -> None:
-        """The lock was handed to ``token``: wake it if it is one of this locker's waiters."""
+    def wake(self, channel: str, owner: str) -> None:
+        """The lock was handed to ``owner``: wake it if it is one of this locker's waiters."""
         queue = self.queues.get(channel)
         if queue is not None:
-            queue.wake(token)
+            queue.wake(owner)
 
     def _request(self, subscribe: bool, channel: str) -> None:
         if self._requests is None:
@@ -163,7 +167,9 @@ class Subscriber:
                     data = message["data"]
                     if isinstance(data, bytes):
                         data = data.decode()
-                    queue.wake(data.partition(" ")[0])  # "<token> <fencing token>": whom it was handed to
+                    # "<owner> <fencing token>": whom it was handed to
+                    if queue.wake(owner_of_notice(data)):
+                        logger.debug("%r was handed to a waiter of this locker", channel)
         except CLIENT_ERRORS as exc:
             logger.debug("the wake-up connection failed (%r); waiters fall back to their timers", exc)
             for queue in self.queues.values():
