@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -478,3 +478,144 @@ def test_help_lists_the_exit_codes() -> None:
     assert result.returncode == 0
     for code in ("2 ", "3 ", "4 ", "5 ", "126", "127", "128+N"):
         assert f"\n  {code}" in result.stdout
+
+
+# --- run --limit, elect, leader: semaphores and elections, on Redis and etcd ---------------------------
+
+#: A command for ``run --limit``: it marks itself running in ``argv[1]``, notes an overlap beyond
+#: ``argv[2]`` commands, and waits for the file ``go`` before it leaves.
+PERMIT_CHILD = """
+import os, pathlib, sys, time
+marks, limit = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+mine = marks / f"running-{os.getpid()}"
+mine.write_text("")
+(marks / f"ran-{os.getpid()}").write_text("")
+if len(list(marks.glob("running-*"))) > limit:
+    (marks / "overlap").write_text("")
+while not (marks / "go").exists():
+    time.sleep(0.01)
+mine.unlink()
+"""
+
+
+@pytest.fixture(params=["redis", "etcd"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    server = request.getfixturevalue("redis_server" if request.param == "redis" else "etcd_server")
+    return str(server.url)
+
+
+def _wait_until(condition: Callable[[], bool], procs: list[subprocess.Popen[str]], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        for proc in procs:
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                raise AssertionError(f"distlock exited with {proc.returncode} before {what}: {err}")
+        assert time.monotonic() < deadline, f"not within 30 s: {what}"
+        time.sleep(0.01)
+
+
+def test_run_limit_runs_at_most_n_commands_at_once(server_url: str, key: str, tmp_path: Path) -> None:
+    script = tmp_path / "permit.py"
+    script.write_text(PERMIT_CHILD)
+    procs = [
+        start(
+            server_url,
+            "run",
+            "--limit",
+            "2",
+            "--wait",
+            "inf",
+            key,
+            "--",
+            sys.executable,
+            str(script),
+            str(tmp_path),
+            "2",
+        )
+        for _ in range(3)
+    ]
+    _wait_until(lambda: len(list(tmp_path.glob("running-*"))) == 2, procs, "two commands run")
+    time.sleep(0.5)  # the third waits for a permit (a false pass at worst, never a false failure)
+    assert len(list(tmp_path.glob("ran-*"))) == 2
+    (tmp_path / "go").write_text("")
+    for proc in procs:
+        code, err = finish(proc)
+        assert code == 0, err
+    assert len(list(tmp_path.glob("ran-*"))) == 3
+    assert not (tmp_path / "overlap").exists()
+
+
+def test_elect_runs_the_command_while_leading_and_leader_shows_it(server_url: str, key: str) -> None:
+    leader = f"{sys.executable} -m distlock_async leader --url {server_url}"
+    script = f'{leader} {key} && {leader} --json {key} && echo "$DISTLOCK_KEY $DISTLOCK_FENCING_TOKEN"'
+    result = run("--url", server_url, "elect", "--value", "replica-7", key, "--", "/bin/sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    text, doc, env = result.stdout.splitlines()
+    token = int(env.split()[-1])
+    assert text == f"'{key}' is led by 'replica-7' (fencing token {token})"
+    assert json.loads(doc) == {"name": key, "leader": {"value": "replica-7", "fencing_token": token}}
+    assert env == f"{key} {token}"
+    after = run("--url", server_url, "leader", key)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == f"'{key}' has no leader\n", "the leader resigned when its command exited"
+
+
+def test_a_second_candidate_leads_once_the_first_command_exits(server_url: str, key: str, tmp_path: Path) -> None:
+    first = start(server_url, "elect", "--value", "first", key, "--", *child(tmp_path, on_signal="0"))
+    wait_for(tmp_path / "started", first)
+    second_marks = tmp_path / "second"
+    second_marks.mkdir()
+    second = start(server_url, "elect", "--value", "second", key, "--", "touch", str(second_marks / "led"))
+    time.sleep(0.5)  # it campaigns behind the leader (a false pass at worst)
+    assert not (second_marks / "led").exists()
+    assert "'first'" in run("--url", server_url, "leader", key).stdout
+    first.send_signal(signal.SIGTERM)
+    code, err = finish(first)
+    assert code == 0, err
+    code, err = finish(second)
+    assert code == 0, err
+    assert (second_marks / "led").exists()
+
+
+def test_leader_watch_prints_each_change_and_ends_with_the_signal(server_url: str, key: str) -> None:
+    watcher = start(server_url, "leader", "--watch", key)
+    assert watcher.stdout is not None
+    assert watcher.stdout.readline() == f"'{key}' has no leader\n"
+    result = run("--url", server_url, "elect", "--value", "w", key, "--", "true")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(rf"'{key}' is led by 'w' \(fencing token \d+\)\n", watcher.stdout.readline())
+    assert watcher.stdout.readline() == f"'{key}' has no leader\n"
+    watcher.send_signal(signal.SIGINT)
+    code, err = finish(watcher)
+    assert code == 128 + signal.SIGINT, err
+    assert "Traceback" not in err
+
+
+def test_a_signal_while_campaigning_ends_the_wait_without_running_the_command(
+    server_url: str, key: str, tmp_path: Path
+) -> None:
+    first = start(server_url, "elect", key, "--", *child(tmp_path, on_signal="0"))
+    wait_for(tmp_path / "started", first)
+    marker = tmp_path / "ran"
+    second = start(server_url, "elect", key, "--", "touch", str(marker))
+    time.sleep(0.5)
+    second.send_signal(signal.SIGTERM)
+    code, err = finish(second)
+    assert code == 128 + signal.SIGTERM, err
+    assert not marker.exists()
+    first.send_signal(signal.SIGTERM)
+    assert finish(first)[0] == 0
+
+
+@pytest.mark.parametrize("command", [["elect", "n", "--", "true"], ["leader", "n"]], ids=["elect", "leader"])
+def test_elect_and_leader_refuse_memory_urls_with_a_usage_error(command: list[str]) -> None:
+    result = run(*command)
+    assert result.returncode == 2
+    assert "memory:// locks live inside one process" in result.stderr
+
+
+def test_elect_without_a_command_is_a_usage_error(redis_server: RedisServer) -> None:
+    result = run("--url", redis_server.url, "elect", "n")
+    assert result.returncode == 2
+    assert "elect needs a command: distlock elect NAME -- CMD" in result.stderr
