@@ -6,7 +6,9 @@ obtains ``KEY`` with an unbounded budget and, once it holds the lock, appends on
 ``--hold`` seconds and releases it. It prints ``queued`` on stdout, once, as soon as its first attempt
 found the lock taken -- so a test can start the next worker only once this one is in the queue, and
 assert the order the lock went round in, not timings. ``--give-up-after S`` cancels the obtain after
-``S`` seconds instead (exit code 3).
+``S`` seconds instead (exit code 3). ``--limit N`` takes one of ``N`` permits of the semaphore ``KEY``
+instead of the lock; ``--campaign VALUE`` campaigns in the election ``KEY`` with ``VALUE`` instead, holds
+the leadership ``--hold`` seconds and resigns. Either way it prints ``holding`` once it holds.
 """
 
 from __future__ import annotations
@@ -54,11 +56,23 @@ async def _main(args: argparse.Namespace) -> int:
     )
     try:
         async with locker:
+            if args.campaign is not None:
+                with anyio.move_on_after(args.give_up_after):
+                    async with locker.election(args.key).campaign(args.campaign) as term:
+                        _record(args.log, args.name, term.fencing_token)
+                        print("holding", flush=True)
+                        await asyncio.sleep(args.hold)
+                    return 0
+                return 3
             with anyio.move_on_after(args.give_up_after):
-                lock = await locker.obtain(args.key)
+                if args.limit is None:
+                    lock = await locker.obtain(args.key)
+                else:
+                    lock = await locker.obtain_permit(args.key, args.limit)
             if lock is None:
                 return 3
             _record(args.log, args.name, lock.fencing_token)  # while holding the lock, on purpose
+            print("holding", flush=True)
             await asyncio.sleep(args.hold)
             await lock.release()
     finally:
@@ -77,6 +91,8 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=10.0)
     parser.add_argument("--retry-delay", type=float, default=0.05)
     parser.add_argument("--give-up-after", type=float, default=math.inf)
+    parser.add_argument("--limit", type=int, default=None, help="a permit of a semaphore of this many")
+    parser.add_argument("--campaign", default=None, metavar="VALUE", help="campaign in an election with VALUE")
     args = parser.parse_args()
     if math.isinf(args.give_up_after):
         args.give_up_after = None

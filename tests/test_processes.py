@@ -204,3 +204,70 @@ async def test_a_waiter_that_gives_up_leaves_nothing_behind(holder_locker: Locke
     assert again.fencing_token > lock.fencing_token
     await again.release()
     assert workers.served() == []
+
+
+# --- semaphores and elections across processes -------------------------------------------------------------
+
+
+async def test_permit_waiters_in_several_processes_are_served_in_the_order_they_queued(
+    holder_locker: Locker, workers: Workers
+) -> None:
+    """Two permits held by the test; four processes queue one after another for a permit of the same
+    semaphore; as the permits come free they are served in that order, each with a higher fencing token."""
+    held = [await holder_locker.obtain_permit(workers.key, 2, max_retries=0) for _ in range(2)]
+    names = [f"w{n}" for n in range(4)]
+    for name in names:
+        workers.start(name, "--limit", "2")
+        await workers.queued(name)
+    await held[0].release()
+    assert await workers.finish(*names) == dict.fromkeys(names, 0)
+    served = workers.served()
+    assert [s["name"] for s in served] == names
+    tokens = [held[1].fencing_token] + [s["fencing_token"] for s in served]
+    assert tokens == sorted(set(tokens))
+    await held[1].release()
+
+
+async def test_candidates_in_several_processes_lead_in_the_order_they_campaigned(
+    holder_locker: Locker, workers: Workers
+) -> None:
+    election = holder_locker.election(workers.key)
+    async with election.campaign("test") as term:
+        names = [f"c{n}" for n in range(3)]
+        for name in names:
+            workers.start(name, "--campaign", name)
+            await workers.queued(name)
+    assert await workers.finish(*names) == dict.fromkeys(names, 0)
+    served = workers.served()
+    assert [s["name"] for s in served] == names
+    tokens = [term.fencing_token] + [s["fencing_token"] for s in served]
+    assert tokens == sorted(set(tokens))
+    assert await election.leader() is None
+
+
+async def test_a_killed_leader_is_replaced_and_observers_see_the_new_one(
+    holder_locker: Locker, workers: Workers
+) -> None:
+    """The leader's process is killed (SIGKILL: it resigns nothing); once its TTL has run out the next
+    candidate, in another process, leads, and an observer in a third sees it."""
+    election = holder_locker.election(workers.key)
+    ttl = "2"
+    leader = workers.start("first", "--campaign", "first", "--hold", "600", "--ttl", ttl)
+    async with election.observe() as leaders:
+        with anyio.fail_after(LIMIT):
+            async for seen in leaders:
+                if seen is not None and seen.value == "first":
+                    break
+        workers.start("second", "--campaign", "second", "--hold", "0", "--ttl", ttl)
+        await workers.queued("second")
+        leader.send_signal(signal.SIGKILL)
+        leader.wait()
+        values = []
+        with anyio.fail_after(LIMIT):
+            async for seen in leaders:
+                values.append(None if seen is None else seen.value)
+                if values[-1] == "second":
+                    break
+    assert await workers.finish("second") == {"second": 0}
+    assert [s["name"] for s in workers.served()] == ["first", "second"]
+    assert "first" not in values, f"a dead leader was reported after a change: {values}"
