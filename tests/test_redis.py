@@ -16,11 +16,13 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio
+import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.crc import key_slot
 
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
+from distlock_async._backends.redis.errors import REPLY_ERRORS, map_errors
 from distlock_async.testing.servers import (
     RedisClusterServers,
     RedisServer,
@@ -204,6 +206,18 @@ async def test_a_dead_server_gives_backend_error_and_the_locker_recovers(own_red
         assert fresh.fencing_token > lock.fencing_token
         await fresh.release()
     await locker.client.aclose()
+
+
+async def test_the_error_boundary_reports_client_errors_and_lets_the_rest_pass() -> None:
+    boundary = map_errors("redis at here", passing=REPLY_ERRORS)
+    failure = redis.exceptions.ConnectionError("refused")
+    with pytest.raises(BackendError, match=r"^redis at here: refused$") as caught, boundary:
+        raise failure
+    assert caught.value.__cause__ is failure
+    for passing in (redis.exceptions.NoScriptError("NOSCRIPT"), asyncio.CancelledError(), RuntimeError("closed")):
+        with pytest.raises(type(passing)) as left, boundary:
+            raise passing
+        assert left.value is passing
 
 
 async def test_an_unreachable_server_is_a_plain_backend_error_with_nothing_to_undo(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._core._aio import Signal, cancel_and_wait
-from .wire import CLIENT_ERRORS
+from .errors import CLIENT_ERRORS
 
 __all__ = ["Channel", "Subscriber"]
 
