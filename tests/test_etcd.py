@@ -33,7 +33,7 @@ from distlock_async import (
     Options,
 )
 from distlock_async._backends.etcd.errors import StreamFailed, map_errors
-from distlock_async.testing.servers import EtcdCluster, EtcdServer, find_binary, free_port
+from distlock_async.testing.servers import EtcdCluster, EtcdServer, find_binary, free_port, running
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker, leases, metrics, unary_calls
 from .helpers import OPERATIONS, lock_operation
@@ -630,12 +630,7 @@ async def test_an_obtain_across_a_stall_longer_than_its_lease_returns_only_a_hel
 @pytest.fixture(scope="module")
 def default_etcd() -> Iterator[EtcdServer]:
     """A member with etcd's default timers, for the tests that pause it or need its 2 s minimum TTL."""
-    server = EtcdServer(fast=False)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from running(EtcdServer(fast=False))
 
 
 async def test_a_ttl_below_the_servers_minimum_is_a_clear_error_not_a_longer_lock(default_etcd: EtcdServer) -> None:

@@ -26,13 +26,13 @@ from distlock_async._backends.redis.errors import REPLY_ERRORS, map_errors
 from distlock_async.testing.servers import (
     RedisClusterServers,
     RedisServer,
-    ServerMissing,
     TLSRedisServer,
     _Sentinel,
     free_port,
+    running,
 )
 
-from .helpers import OPERATIONS, lock_operation, log_event
+from .helpers import OPERATIONS, lock_operation, log_event, running_or_skip
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -40,10 +40,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
+    yield from running(RedisServer())
 
 
 @pytest.fixture
@@ -506,13 +503,7 @@ async def test_a_lock_released_by_someone_else_is_not_held(redis_server: RedisSe
 
 @pytest.fixture(scope="module")
 def tls_redis() -> Iterator[TLSRedisServer]:
-    server = TLSRedisServer()
-    try:
-        server.start()
-    except ServerMissing as exc:  # a build without TLS (the PyPI packages' servers)
-        pytest.skip(str(exc))
-    yield server
-    server.cleanup()
+    yield from running_or_skip(TLSRedisServer())
 
 
 async def test_tls_with_a_password_from_a_rediss_url(tls_redis: TLSRedisServer) -> None:
