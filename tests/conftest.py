@@ -31,6 +31,7 @@ from distlock_async.testing.servers import (
     RedisSentinelServers,
     RedisServer,
     describe_binaries,
+    running,
 )
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker
@@ -115,20 +116,12 @@ def _is_grpc_wind_down(task: asyncio.Task[Any]) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
+    yield from running(RedisServer())
 
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisClusterServers]:
-    cluster = RedisClusterServers()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from running(RedisClusterServers())
 
 
 @pytest.fixture(scope="session")
@@ -137,12 +130,9 @@ def redis_sentinel() -> Iterator[RedisSentinelServers]:
     # Sync the replica at once, not after Redis 7's 5 s diskless-sync delay, and hand the deployment out
     # only once the replica is online: a locker with ``replicas=1`` (a docs example) needs it.
     servers.master.extra += ["--repl-diskless-sync-delay", "0"]
-    try:
-        servers.start()
-        _wait_for_replica(servers.master.port)
-        yield servers
-    finally:
-        servers.cleanup()
+    for started in running(servers):
+        _wait_for_replica(started.master.port)
+        yield started
 
 
 def _wait_for_replica(master_port: int) -> None:
@@ -156,22 +146,12 @@ def _wait_for_replica(master_port: int) -> None:
 
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EtcdServer]:
-    server = EtcdServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from running(EtcdServer())
 
 
 @pytest.fixture(scope="session")
 def etcd_cluster() -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from running(EtcdCluster())
 
 
 # --- the backends of the contract suite ---------------------------------------------------------------

@@ -11,8 +11,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
 
 from distlock_async import Locker, Options
+from distlock_async.testing.servers import ServerMissing, running
 
 
 class _Watch(logging.Handler):
@@ -101,3 +105,15 @@ def run_user_suite(directory: Path, name: str, source: str) -> str:
     tests = len(re.findall(r"^async def test_|^def test_", source, re.MULTILINE))
     assert f"{tests} passed" in result.stdout, result.stdout
     return result.stdout
+
+
+_S = TypeVar("_S", bound=Any)
+
+
+def running_or_skip(server: _S) -> Iterator[_S]:
+    """``running(server)``, the test skipped if the server cannot run here: a Redis built without TLS
+    (the PyPI packages' servers) has no ``TLSRedisServer``."""
+    try:
+        yield from running(server)
+    except ServerMissing as exc:
+        pytest.skip(str(exc))

@@ -50,9 +50,9 @@ import pytest
 
 import distlock_async
 from distlock_async._cli import _parser
-from distlock_async.testing.servers import EtcdServer, ServerMissing, TLSRedisServer
+from distlock_async.testing.servers import EtcdServer, TLSRedisServer, running
 
-from .helpers import run_user_suite
+from .helpers import run_user_suite, running_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -141,14 +141,7 @@ class DocsTLSRedis(TLSRedisServer):
 
 @pytest.fixture(scope="module")
 def docs_tls_redis() -> Iterator[DocsTLSRedis]:
-    server = DocsTLSRedis()
-    try:
-        server.start()
-        yield server
-    except ServerMissing as exc:  # a build without TLS (the PyPI packages' servers)
-        pytest.skip(str(exc))
-    finally:
-        server.cleanup()
+    yield from running_or_skip(DocsTLSRedis())
 
 
 class DocsTLSEtcd(EtcdServer):
@@ -173,12 +166,7 @@ class DocsTLSEtcd(EtcdServer):
 
 @pytest.fixture(scope="module")
 def docs_tls_etcd() -> Iterator[DocsTLSEtcd]:
-    server = DocsTLSEtcd()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from running(DocsTLSEtcd())
 
 
 ADDRESS = re.compile(

@@ -32,7 +32,8 @@ from distlock_async import (
     NotObtainedError,
     Options,
 )
-from distlock_async.testing.servers import EtcdCluster, EtcdServer, find_binary, free_port
+from distlock_async._backends.etcd.errors import StreamFailed, map_errors
+from distlock_async.testing.servers import EtcdCluster, EtcdServer, find_binary, free_port, running
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker, leases, metrics, unary_calls
 from .helpers import OPERATIONS, lock_operation
@@ -636,12 +637,7 @@ async def test_an_obtain_across_a_stall_longer_than_its_lease_returns_only_a_hel
 @pytest.fixture(scope="module")
 def default_etcd() -> Iterator[EtcdServer]:
     """A member with etcd's default timers, for the tests that pause it or need its 2 s minimum TTL."""
-    server = EtcdServer(fast=False)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from running(EtcdServer(fast=False))
 
 
 async def test_a_ttl_below_the_servers_minimum_is_a_clear_error_not_a_longer_lock(default_etcd: EtcdServer) -> None:
@@ -686,6 +682,27 @@ async def test_refreshes_keep_up_with_a_session_ttl_shorter_than_the_ttl(etcd_se
     async with await EtcdLocker.connect([etcd_server.endpoint], Options(ttl=30, refresh_interval=5), options) as slow:
         with pytest.raises(ValueError, match="session_ttl"):
             await slow.obtain("short-lease")
+
+
+async def test_the_error_boundary_reports_client_errors_and_lets_the_rest_pass() -> None:
+    failure = ConnectionError("refused")
+    hinted = map_errors("etcd txn failed", hint=lambda exc: "a hint")
+    with (
+        pytest.raises(BackendError, match=r"^etcd txn failed: ConnectionError\('refused'\) \(a hint\)$") as caught,
+        hinted,
+    ):
+        raise failure
+    assert caught.value.__cause__ is failure
+    broken = StreamFailed("the keep-alive stream failed")
+    broken.__cause__ = failure
+    stream = map_errors("etcd keep-alive failed", describe=str)
+    with pytest.raises(BackendError, match=r"^etcd keep-alive failed: the keep-alive stream failed$") as caught, stream:
+        raise broken
+    assert caught.value.__cause__ is failure
+    for passing in (asyncio.CancelledError(), RuntimeError("closed"), BackendError("made in the block")):
+        with pytest.raises(type(passing)) as left, map_errors("etcd txn failed"):
+            raise passing
+        assert left.value is passing
 
 
 async def test_a_hung_member_gives_backend_error_within_the_deadline(default_etcd: EtcdServer) -> None:

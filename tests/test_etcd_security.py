@@ -27,9 +27,9 @@ import grpc
 import pytest
 import trustme
 
-from distlock_async import BackendError, EtcdLocker, EtcdOptions, NotObtainedError, Options, from_url
+from distlock_async import BackendError, EtcdLocker, EtcdOptions, Lock, Locker, NotObtainedError, Options, from_url
 from distlock_async._backends._compat_aetcd import Client
-from distlock_async.testing.servers import EtcdServer, etcd_metrics
+from distlock_async.testing.servers import EtcdServer, etcd_metrics, running
 
 from .etcd_helpers import EtcdAudit, TracingEtcdLocker
 
@@ -68,6 +68,19 @@ async def queued_keys(server: EtcdServer, name: str, count: int) -> None:
         await asyncio.sleep(0.02)
 
 
+async def handed_over(lock: Lock, waiting: Locker, server: EtcdServer) -> Lock:
+    """Release ``lock`` to a waiter of ``waiting`` queued behind it; the waiter's lock, once it is checked to
+    have been woken by the release (not by its retry budget) with a greater fencing token."""
+    waiter = asyncio.create_task(waiting.obtain(lock.key, max_retries=1, retry_delay=LIMIT))
+    await queued_keys(server, lock.key, 2)
+    await lock.release()
+    started = time.monotonic()
+    handed = await waiter
+    assert time.monotonic() - started < 2, "woken by the release, not by its retry budget"
+    assert handed.fencing_token > lock.fencing_token
+    return handed
+
+
 def authentications(server: EtcdServer) -> int:
     """How many Authenticate calls the member has answered."""
     return sum(
@@ -80,29 +93,21 @@ def authentications(server: EtcdServer) -> int:
 # --- servers ----------------------------------------------------------------------------------------------
 
 
-def _started(server: EtcdServer) -> Iterator[EtcdServer]:
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
-
-
 @pytest.fixture(scope="module")
 def tls_etcd() -> Iterator[EtcdServer]:
-    yield from _started(EtcdServer(tls=True))
+    yield from running(EtcdServer(tls=True))
 
 
 @pytest.fixture(scope="module")
 def mtls_etcd() -> Iterator[EtcdServer]:
-    yield from _started(EtcdServer(client_cert_auth=True))
+    yield from running(EtcdServer(client_cert_auth=True))
 
 
 @pytest.fixture(scope="module")
 def auth_etcd() -> Iterator[EtcdServer]:
     """TLS, authentication on, and two users: ``locker`` may use ``distlock/``, ``stranger`` only ``elsewhere/``."""
     server = EtcdServer(tls=True, extra=["--auth-token", "simple", "--auth-token-ttl", str(TOKEN_TTL)])
-    for started in _started(server):
+    for started in running(server):
         server.enable_auth(ROOT_PASSWORD)
         server.add_user("locker", PASSWORD, "distlock/")
         server.add_user("stranger", STRANGER_PASSWORD, "elsewhere/")
@@ -112,7 +117,7 @@ def auth_etcd() -> Iterator[EtcdServer]:
 @pytest.fixture
 def fresh_etcd() -> Iterator[EtcdServer]:
     """A member of the test's own, for a test that changes its settings (ask for it before ``audits``)."""
-    yield from _started(EtcdServer(extra=["--auth-token", "simple", "--auth-token-ttl", str(TOKEN_TTL)]))
+    yield from running(EtcdServer(extra=["--auth-token", "simple", "--auth-token-ttl", str(TOKEN_TTL)]))
 
 
 def _admin(server: EtcdServer) -> Client:
@@ -180,13 +185,7 @@ async def test_locks_over_tls_from_an_etcds_url(tls_etcd: EtcdServer, audits: Au
         await lock.refresh()
         assert 0 < await lock.ttl() <= 5
         # A waiter is woken over the locker's watch stream, which runs over TLS as well.
-        waiter = asyncio.create_task(second.obtain("tls", max_retries=1, retry_delay=LIMIT))
-        await queued_keys(tls_etcd, "tls", 2)
-        await lock.release()
-        started = time.monotonic()
-        handed = await waiter
-        assert time.monotonic() - started < 2, "woken by the release, not by its retry budget"
-        assert handed.fencing_token > lock.fencing_token
+        handed = await handed_over(lock, second, tls_etcd)
         await handed.release()
         async with first.lock("tls-context", ttl=2) as held:
             assert await held.ttl() > 0
@@ -272,13 +271,7 @@ async def test_an_authenticated_user_locks_and_waits(auth_etcd: EtcdServer, audi
         lock = await first.obtain("auth", ttl=5)
         with pytest.raises(NotObtainedError):
             await second.obtain("auth", max_retries=0)
-        waiter = asyncio.create_task(second.obtain("auth", max_retries=1, retry_delay=LIMIT))
-        await queued_keys(auth_etcd, "auth", 2)
-        await lock.release()
-        started = time.monotonic()
-        handed = await waiter
-        assert time.monotonic() - started < 2, "woken by the release, over a watch stream with the token"
-        assert handed.fencing_token > lock.fencing_token
+        handed = await handed_over(lock, second, auth_etcd)  # over a watch stream with the token
         assert await handed.ttl() > 0
         await handed.release()
 

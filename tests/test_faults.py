@@ -27,7 +27,7 @@ import pytest
 import redis
 from aetcd import rpc
 
-from distlock_async.testing.servers import EtcdServer, RedisServer
+from distlock_async.testing.servers import EtcdServer, RedisServer, running
 
 from .etcd_helpers import leases
 from .fencing import Figures, Run, check
@@ -45,9 +45,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     given extra arguments."""
     param = getattr(request, "param", ())
     srv: Server = EtcdServer() if param == "etcd" else RedisServer(*param)
-    srv.start()
-    yield srv
-    srv.cleanup()
+    yield from running(srv)
 
 
 BACKENDS = pytest.mark.parametrize("server", [(), "etcd"], ids=["redis", "etcd"], indirect=True)

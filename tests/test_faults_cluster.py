@@ -34,7 +34,7 @@ import pytest
 from aetcd import rpc
 
 from distlock_async import EtcdLocker, EtcdOptions, Options
-from distlock_async.testing.servers import EtcdCluster, EtcdServer
+from distlock_async.testing.servers import EtcdCluster, EtcdServer, running
 
 from . import netns
 from .fencing import Figures, Run, check
@@ -49,12 +49,7 @@ SETTLE = 30.0
 @pytest.fixture
 def cluster() -> Iterator[EtcdCluster]:
     """A cluster of this test's own, since the test kills or pauses its members."""
-    cluster = EtcdCluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from running(EtcdCluster())
 
 
 @pytest.fixture

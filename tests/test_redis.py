@@ -16,21 +16,23 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio
+import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.crc import key_slot
 
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
+from distlock_async._backends.redis.errors import REPLY_ERRORS, map_errors
 from distlock_async.testing.servers import (
     RedisClusterServers,
     RedisServer,
-    ServerMissing,
     TLSRedisServer,
     _Sentinel,
     free_port,
+    running,
 )
 
-from .helpers import OPERATIONS, lock_operation, log_event
+from .helpers import OPERATIONS, lock_operation, log_event, running_or_skip
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -38,10 +40,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
+    yield from running(RedisServer())
 
 
 @pytest.fixture
@@ -205,6 +204,18 @@ async def test_a_dead_server_gives_backend_error_and_the_locker_recovers(own_red
         assert fresh.fencing_token > lock.fencing_token
         await fresh.release()
     await locker.client.aclose()
+
+
+async def test_the_error_boundary_reports_client_errors_and_lets_the_rest_pass() -> None:
+    boundary = map_errors("redis at here", passing=REPLY_ERRORS)
+    failure = redis.exceptions.ConnectionError("refused")
+    with pytest.raises(BackendError, match=r"^redis at here: refused$") as caught, boundary:
+        raise failure
+    assert caught.value.__cause__ is failure
+    for passing in (redis.exceptions.NoScriptError("NOSCRIPT"), asyncio.CancelledError(), RuntimeError("closed")):
+        with pytest.raises(type(passing)) as left, boundary:
+            raise passing
+        assert left.value is passing
 
 
 async def test_an_unreachable_server_is_a_plain_backend_error_with_nothing_to_undo(
@@ -532,13 +543,7 @@ async def test_a_lock_released_by_someone_else_is_not_held(redis_server: RedisSe
 
 @pytest.fixture(scope="module")
 def tls_redis() -> Iterator[TLSRedisServer]:
-    server = TLSRedisServer()
-    try:
-        server.start()
-    except ServerMissing as exc:  # a build without TLS (the PyPI packages' servers)
-        pytest.skip(str(exc))
-    yield server
-    server.cleanup()
+    yield from running_or_skip(TLSRedisServer())
 
 
 async def test_tls_with_a_password_from_a_rediss_url(tls_redis: TLSRedisServer) -> None:

@@ -25,7 +25,7 @@ import pytest
 import distlock_async
 from distlock_async import Locker, MemoryLocker
 
-from .servers import EtcdServer, RedisServer, ServerMissing
+from .servers import EtcdServer, RedisServer, ServerMissing, running
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _S = TypeVar("_S", RedisServer, EtcdServer)
@@ -50,11 +50,7 @@ def _serve(make: Callable[[], _S]) -> Iterator[_S]:
         server = make()
     except ServerMissing as exc:
         pytest.skip(str(exc))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from running(server)
 
 
 @pytest.fixture(scope="session")

@@ -42,10 +42,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlencode
 
 START_TIMEOUT = 30.0
@@ -53,6 +53,25 @@ START_TIMEOUT = 30.0
 
 class ServerMissing(RuntimeError):
     pass
+
+
+class _Startable(Protocol):
+    def start(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Startable)
+
+
+def running(server: _S) -> Iterator[_S]:
+    """Start ``server``, yield it, and clean it up afterwards (also when it failed to start): the body of
+    a fixture, ``yield from running(EtcdServer())``."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
 
 
 def free_port() -> int:

@@ -7,7 +7,8 @@
 - ``queue``: a lock's keys in etcd and the requests that read and change them;
 - ``streams``: the shared keep-alive and watch streams;
 - ``channel``: the gRPC channel, TLS, dialing, authentication, awaiting a call;
-- ``errors``: gRPC's errors, retried or mapped to ``BackendError``.
+- ``errors``: gRPC's errors, which are worth another try, and ``map_errors``, the one boundary where
+  the others become ``BackendError``.
 
 aetcd's private names are touched only in ``.._compat_aetcd``.
 """

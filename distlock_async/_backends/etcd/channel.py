@@ -24,7 +24,7 @@ from aetcd import rpc
 from ..._errors import BackendError
 from ..._options import EtcdOptions
 from .._compat_aetcd import credentials_of, share_token_with_watcher
-from .errors import CLIENT_ERRORS, detail
+from .errors import details, map_errors
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -80,6 +80,8 @@ async def resolve_target(endpoints: list[tuple[str, int]]) -> tuple[str, int]:
                 if infos:
                     break
             if not infos:
+                # Decided after both address families failed, and reported as the endpoint's, not the
+                # resolver's: the resolver's last error is only the cause.
                 raise BackendError(f"etcd endpoint {host}:{port}: cannot resolve {host!r}") from failure
             ip = ipaddress.ip_address(infos[0][4][0])
         addresses.append((ip.version, str(ip), port))
@@ -172,10 +174,8 @@ async def unary(call: Any) -> Any:
 
 async def dial(client: aetcd.Client, timeout: float, endpoints: Sequence[tuple[str, int]]) -> None:
     """Connect ``client`` (to ``endpoints``) within ``timeout`` s; fail at once when every endpoint refused."""
-    try:
+    with map_errors("etcd: cannot connect", describe=str):
         await client.connect()
-    except CLIENT_ERRORS as exc:
-        raise BackendError(f"etcd: cannot connect: {exc}") from exc
     channel = client.channel
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -186,11 +186,8 @@ async def dial(client: aetcd.Client, timeout: float, endpoints: Sequence[tuple[s
         left = deadline - loop.time()
         if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
             # The state says nothing of why (refused, TLS handshake, ...): a call fails with gRPC's reason.
-            try:
+            with map_errors("etcd: cannot connect: no endpoint accepted the connection", describe=details):
                 await unary(client.maintenancestub.Status(rpc.StatusRequest(), timeout=max(left, 0.001)))
-            except CLIENT_ERRORS as exc:
-                why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
-                raise BackendError(f"etcd: cannot connect: no endpoint accepted the connection: {why}") from exc
             continue  # it connected meanwhile
         if state is grpc.ChannelConnectivity.SHUTDOWN:
             raise BackendError("etcd: cannot connect: the client is closed") from ConnectionError(
@@ -214,19 +211,17 @@ async def authenticate(client: aetcd.Client, timeout: float) -> None:
     assert credentials is not None
     username, password = credentials
     stub = client.auth_stub or rpc.AuthStub(client.channel)  # aetcd makes it only when it authenticates
-    try:
-        reply = await unary(
-            stub.Authenticate(rpc.AuthenticateRequest(name=username, password=password), timeout=timeout)
-        )
-    except CLIENT_ERRORS as exc:
-        if (
-            isinstance(exc, grpc.aio.AioRpcError)
-            and exc.code() is grpc.StatusCode.FAILED_PRECONDITION
-            and "not enabled" in (exc.details() or "")
-        ):
+    with map_errors(f"etcd: cannot authenticate as user {username!r}"):
+        try:
+            reply = await unary(
+                stub.Authenticate(rpc.AuthenticateRequest(name=username, password=password), timeout=timeout)
+            )
+        except grpc.aio.AioRpcError as exc:
+            # Not a failure but an answer: the cluster needs no token. Any other error the boundary reports.
+            if exc.code() is not grpc.StatusCode.FAILED_PRECONDITION or "not enabled" not in (exc.details() or ""):
+                raise
             logger.debug("etcd has authentication disabled: user %r sends no token", username)
             client.metadata = None
             return
-        raise BackendError(f"etcd: cannot authenticate as user {username!r}: {detail(exc)}") from exc
     client.metadata = (("token", reply.token),)
     share_token_with_watcher(client)

@@ -173,6 +173,8 @@ class EtcdContender:
                     return reply
                 gone = LookupError(f"lease {self._lease_id:x} answered a keep-alive with TTL 0")
             except BackendError as exc:
+                # "lease not found" is no failure here but a decision: queue again on a new lease. The
+                # boundary kept gRPC's error as the cause, which is what tells.
                 if exc.__cause__ is None or not is_lease_not_found(exc.__cause__):
                     raise
                 gone = exc.__cause__

@@ -22,9 +22,17 @@ from ..._protocols import KeyState
 from .._compat_aetcd import Client, credentials_of
 from .channel import HASLEADER, authenticate, channel_options, dial, load_credentials, resolve_target, unary
 from .contender import EtcdContender, Held
-from .errors import CLIENT_ERRORS, backend_error, code, is_lease_not_found, is_token_rejected, is_transient
+from .errors import (
+    CLIENT_ERRORS,
+    StreamFailed,
+    code,
+    is_lease_not_found,
+    is_token_rejected,
+    is_transient,
+    map_errors,
+)
 from .queue import holder_of, is_member, leave_queue, predecessor, queue
-from .streams import KeepAlives, StreamFailed, Watches
+from .streams import KeepAlives, Watches
 
 __all__ = ["EtcdDriver"]
 
@@ -130,10 +138,8 @@ class EtcdDriver:
                     await client.close()
                 raise
         else:
-            try:
+            with map_errors("etcd connect failed"):
                 await self.client.connect()
-            except CLIENT_ERRORS as exc:
-                raise backend_error("connect", exc) from exc
         # aetcd's own watcher cannot send the ``hasleader`` metadata: the locker keeps a stub of its own.
         self._watchstub = rpc.WatchStub(self._client().channel)
         self._ready = True
@@ -147,7 +153,8 @@ class EtcdDriver:
         retried: list[bool] | None = None,
         repeatable: bool = True,
     ) -> Any:
-        """One unary RPC within the deadline, sent again while the member is unavailable or leaderless.
+        """One unary RPC within the deadline, sent again while the member is unavailable or leaderless;
+        ``what`` heads the ``BackendError`` of a failure (``"etcd txn failed"``).
 
         Every request the locker sends is safe to repeat (the obtain txn compares before it writes, lease
         IDs are ours), and repeating it lets a locker with several endpoints fail over to another member,
@@ -169,18 +176,20 @@ class EtcdDriver:
         while True:
             token = client.metadata
             timeout = max(min(deadline - loop.time(), per_try), 0.001)
-            try:
-                return await unary(function(request, timeout=timeout, metadata=self.metadata))
-            except CLIENT_ERRORS as exc:
-                if not renewed and is_token_rejected(exc) and credentials_of(client) is not None:
-                    # Refused before it was applied: safe to send again, once, with a new token.
-                    renewed = True
-                    await self._renew_token(client, token, deadline)
-                    continue
-                again = is_transient(exc) or (repeatable and code(exc) is grpc.StatusCode.DEADLINE_EXCEEDED)
-                if not again or loop.time() + pause >= deadline:
-                    raise backend_error(what, exc, self._hint(exc)) from exc
-                logger.debug("etcd %s failed (%s); trying again in %.2f s", what, exc, pause)
+            # Whether an error is worth another try is decided here; the one that is not, the boundary reports.
+            with map_errors(what, hint=self._hint):
+                try:
+                    return await unary(function(request, timeout=timeout, metadata=self.metadata))
+                except CLIENT_ERRORS as exc:
+                    if not renewed and is_token_rejected(exc) and credentials_of(client) is not None:
+                        # Refused before it was applied: safe to send again, once, with a new token.
+                        renewed = True
+                        await self._renew_token(client, token, deadline)
+                        continue
+                    again = is_transient(exc) or (repeatable and code(exc) is grpc.StatusCode.DEADLINE_EXCEEDED)
+                    if not again or loop.time() + pause >= deadline:
+                        raise
+                    logger.debug("%s (%s); trying again in %.2f s", what, exc, pause)
             await asyncio.sleep(pause)
             pause = min(2 * pause, _MAX_PAUSE)
             if retried is not None:
@@ -188,14 +197,14 @@ class EtcdDriver:
 
     async def txn(self, request: rpc.TxnRequest, *, repeatable: bool = True) -> Any:
         """A transaction; not ``repeatable`` if a second try after an applied first one answers otherwise."""
-        return await self.call("txn", _TXN, request, repeatable=repeatable)
+        return await self.call("etcd txn failed", _TXN, request, repeatable=repeatable)
 
     async def range(self, request: rpc.RangeRequest) -> Any:
-        return await self.call("range", _RANGE, request)
+        return await self.call("etcd range failed", _RANGE, request)
 
     async def lease_time_to_live(self, lease_id: int, *, keys: bool = False) -> Any:
         return await self.call(
-            "lease time-to-live", _LEASE_TIME_TO_LIVE, rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=keys)
+            "etcd lease time-to-live failed", _LEASE_TIME_TO_LIVE, rpc.LeaseTimeToLiveRequest(ID=lease_id, keys=keys)
         )
 
     async def _renew_token(self, client: Any, token: Any, deadline: float) -> None:
@@ -244,13 +253,13 @@ class EtcdDriver:
         retried: list[bool] = []
         try:
             reply = await self.call(
-                "lease grant", _LEASE_GRANT, rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id), retried=retried
+                "etcd lease grant failed", _LEASE_GRANT, rpc.LeaseGrantRequest(TTL=ttl, ID=lease_id), retried=retried
             )
         except BackendError as exc:
             if retried and exc.__cause__ is not None and "lease already exists" in str(exc):
                 return ttl  # our first try was applied after all
             raise
-        if reply.error:
+        if reply.error:  # an answer's field, not an exception of the client: reported here
             raise BackendError(f"etcd lease grant failed: {reply.error}") from RuntimeError(reply.error)
         if ttl < reply.TTL:
             # etcd raised the TTL to its minimum: refuse the lease rather than hold a lock longer than asked
@@ -263,7 +272,9 @@ class EtcdDriver:
         """Revoke a lease, deleting its key; ``False`` if it was gone already."""
         retried: list[bool] = []
         try:
-            await self.call("lease revoke", _LEASE_REVOKE, rpc.LeaseRevokeRequest(ID=lease_id), retried=retried)
+            await self.call(
+                "etcd lease revoke failed", _LEASE_REVOKE, rpc.LeaseRevokeRequest(ID=lease_id), retried=retried
+            )
         except BackendError as exc:
             if exc.__cause__ is not None and is_lease_not_found(exc.__cause__):
                 return bool(retried)  # gone, unless by our own first try
@@ -277,12 +288,14 @@ class EtcdDriver:
         deadline = loop.time() + self.deadline
         pause = _FIRST_PAUSE
         while True:
-            try:
-                return await self.keep_alives.keep_alive(lease_id, max(deadline - loop.time(), 0.001))
-            except StreamFailed as exc:
-                if self.closed or loop.time() + pause >= deadline:
-                    raise BackendError(f"etcd keep-alive failed: {exc}") from exc.__cause__ or exc
-                logger.debug("%s; trying again in %.2f s", exc, pause)
+            # A broken stream is sent again on a new one until the deadline; then the boundary reports it.
+            with map_errors("etcd keep-alive failed", describe=str):
+                try:
+                    return await self.keep_alives.keep_alive(lease_id, max(deadline - loop.time(), 0.001))
+                except StreamFailed as exc:
+                    if self.closed or loop.time() + pause >= deadline:
+                        raise
+                    logger.debug("%s; trying again in %.2f s", exc, pause)
             await asyncio.sleep(pause)
             pause = min(2 * pause, _MAX_PAUSE)
 

@@ -1,9 +1,18 @@
-"""What the etcd backend makes of gRPC's and aetcd's errors: which are worth another try, and the
-``BackendError`` that the others become."""
+"""What the etcd backend makes of gRPC's and aetcd's errors: which are worth another try, and the one
+boundary, ``map_errors``, where the others become ``BackendError``.
+
+``with map_errors("etcd txn failed"):`` reports an error of the client raised in its block as
+``BackendError("etcd txn failed: DEADLINE_EXCEEDED: ...")`` with the error as ``__cause__``. Which
+errors are worth another try, or mean "no such lease" rather than a failure, the callers decide inside
+the block; what leaves it is reported. Nothing but the client's errors is touched: a cancellation, a
+``RuntimeError`` of a closed locker, a ``BackendError`` made in the block, all leave it as they came.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from types import TracebackType
 
 import aetcd.exceptions
 import grpc
@@ -12,16 +21,25 @@ from ..._errors import BackendError
 
 __all__ = [
     "CLIENT_ERRORS",
-    "backend_error",
+    "StreamFailed",
     "code",
     "detail",
+    "details",
     "is_lease_not_found",
     "is_token_rejected",
     "is_transient",
+    "map_errors",
 ]
 
 
 CLIENT_ERRORS = (grpc.RpcError, aetcd.exceptions.ClientError, OSError, asyncio.TimeoutError)
+
+
+class StreamFailed(Exception):
+    """A shared stream broke under a pending request; the request may be sent again on a new stream.
+
+    Its ``__cause__`` is the stream's own error, which ``map_errors`` chains in its place.
+    """
 
 
 def is_token_rejected(exc: BaseException) -> bool:
@@ -56,8 +74,47 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def detail(exc: BaseException) -> str:
+    """gRPC's status and its text (``UNAVAILABLE: ...``), or the repr of another error."""
     return f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
 
 
-def backend_error(what: str, exc: BaseException, hint: str | None = None) -> BackendError:
-    return BackendError(f"etcd {what} failed: {detail(exc)}" + (f" ({hint})" if hint else ""))
+def details(exc: BaseException) -> str:
+    """gRPC's text alone, or the repr of another error."""
+    return exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+
+
+class map_errors:
+    """``with map_errors(what, describe=detail, hint=None):`` -- see the module docstring.
+
+    A client error leaves the block as ``BackendError(f"{what}: {describe(exc)}")``, followed by
+    `` ({hint(exc)})`` when ``hint`` has something to say about it; a ``StreamFailed`` likewise, with the
+    stream's own error as the cause. Named in lower case, as it reads in ``with``.
+    """
+
+    __slots__ = ("_describe", "_hint", "_what")
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        describe: Callable[[BaseException], str] = detail,
+        hint: Callable[[BaseException], str | None] | None = None,
+    ) -> None:
+        self._what = what
+        self._describe = describe
+        self._hint = hint
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if isinstance(exc, StreamFailed):
+            cause = exc.__cause__ or exc
+        elif isinstance(exc, CLIENT_ERRORS):
+            cause = exc
+        else:
+            return
+        hint = self._hint(exc) if self._hint is not None else None
+        raise BackendError(f"{self._what}: {self._describe(exc)}" + (f" ({hint})" if hint else "")) from cause

@@ -15,14 +15,11 @@ from aetcd import rpc
 
 from ..._core._aio import Signal
 from ..._errors import BackendError
+from .errors import StreamFailed
 
-__all__ = ["KeepAlives", "StreamFailed", "Watch", "Watches"]
+__all__ = ["KeepAlives", "Watch", "Watches"]
 
 logger = logging.getLogger("distlock_async")
-
-
-class StreamFailed(Exception):
-    """A shared stream broke under a pending request; the request may be sent again on a new stream."""
 
 
 class _Stream:
@@ -157,7 +154,8 @@ class KeepAlives:
             self._stream.send(rpc.LeaseKeepAliveRequest(ID=lease_id))
             return await future
         except TimeoutError as exc:
-            # The stream may be stuck on a hung member: start afresh next time.
+            # Our own timer's, not the client's: not the boundary's to report. The stream may be stuck on a
+            # hung member: start afresh next time.
             await self._stream.aclose()
             self._failure(exc)
             raise BackendError(f"etcd keep-alive got no answer within {timeout} s") from exc

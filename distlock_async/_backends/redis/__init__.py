@@ -6,7 +6,8 @@
 - ``driver``: the driver contract, and which server runs a call (Cluster redirects);
 - ``contender``: one ``obtain``;
 - ``wire``: the pipelined lock connection to one server;
-- ``subscriber``: wake on release over pub/sub.
+- ``subscriber``: wake on release over pub/sub;
+- ``errors``: the one boundary where redis-py's errors become ``BackendError``.
 
 redis-py's private names are touched only in ``.._compat_redis``.
 """

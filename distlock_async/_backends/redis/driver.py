@@ -15,9 +15,10 @@ from ..._protocols import KeyState
 from .._compat_redis import initialization_due
 from .config import RedisConfig
 from .contender import RedisContender
+from .errors import CLIENT_ERRORS, REPLY_ERRORS, map_errors
 from .scripts import EXTEND, INSPECT, LEAVE, RELEASE, REMAINING, TOUCH, WAITER_TTL_MS, Keys, Script, holder_of, ms
 from .subscriber import Subscriber
-from .wire import CLIENT_ERRORS, Mux
+from .wire import Mux
 
 __all__ = ["RedisDriver"]
 
@@ -74,10 +75,8 @@ class RedisDriver:
     async def replicated(self, lock_key: str) -> None:
         """Wait until ``replicas`` replicas have what this connection wrote; ``BackendError`` if they don't."""
         mux = self._mux(lock_key)
-        try:
+        with map_errors("redis answered an error to WAIT", REPLY_ERRORS):
             acks = int(await mux.call("WAIT", self.replicas, ms(self.replica_timeout)))
-        except redis.exceptions.ResponseError as exc:
-            raise BackendError(f"redis answered an error to WAIT: {exc}") from exc
         if acks < self.replicas:
             raise BackendError(
                 f"{lock_key!r} reached {acks} of {self.replicas} replicas within {self.replica_timeout:g} s; "
@@ -118,10 +117,8 @@ class RedisDriver:
         if self.closed:
             raise RuntimeError("the RedisLocker is closed; the locks it held expire with their TTL")
         if self.cluster and initialization_due(self.client):
-            try:
+            with map_errors("redis cluster"):
                 await self.client.initialize()
-            except CLIENT_ERRORS as exc:
-                raise BackendError(f"redis cluster: {exc}") from exc
         undo = ("EVAL", LEAVE.body, len(keys), *keys, args[0], WAITER_TTL_MS) if undoable else None
         asked: tuple[str, int] | None = None
         redirects = 0
@@ -129,42 +126,40 @@ class RedisDriver:
         deadline = loop.time() + self.deadline
         pause = _FIRST_PAUSE
         while redirects < 3:
-            try:
+            with map_errors("redis cluster"):  # no node serves the slot (a Cluster without quorum, say)
                 mux = self._mux(lock_key, asked)
-            except CLIENT_ERRORS as exc:  # no node serves the slot (a Cluster without quorum, say)
-                raise BackendError(f"redis cluster: {exc}") from exc
             asking, asked = asked is not None, None
-            try:
+            # The error replies that say "not applied, send it again" (NOSCRIPT, TRYAGAIN, MOVED, ASK) are
+            # decisions of this loop, taken before the boundary reports any other error reply.
+            with map_errors("redis answered an error", REPLY_ERRORS):
                 try:
-                    return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo, asking=asking)
-                except redis.exceptions.NoScriptError:
-                    # Not applied; EVAL runs the script and caches it for the next EVALSHA.
-                    return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo, asking=asking)
-            except redis.exceptions.TryAgainError as exc:
-                # Not applied: the slot is being migrated and only some of the lock's keys have reached the
-                # importing node (the queue's keys exist only while someone waits). Migrating a slot takes
-                # moments; try again until the deadline, from the slot's owner.
-                if loop.time() + pause >= deadline:
-                    raise BackendError(f"redis cluster: {lock_key!r} is being migrated: {exc}") from exc
-                logger.debug("%s: %s; trying again in %.2f s", lock_key, exc, pause)
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, _MAX_PAUSE)
-                redirects = 0
-                continue
-            except redis.exceptions.MovedError as exc:
-                # Not applied either: the slot lives elsewhere now (Cluster resharding or failover).
-                logger.debug("%s moved (%s); reloading the cluster's slots", lock_key, exc)
-                try:
-                    await self.client.nodes_manager.initialize()
-                except CLIENT_ERRORS as init_exc:
-                    raise BackendError(f"redis cluster: {init_exc}") from init_exc
-            except redis.exceptions.AskError as exc:
-                # Not applied: the slot is being migrated and its keys are on the importing node already;
-                # that node runs the call once, right after ASKING.
-                logger.debug("%s asked to %s:%s (slot being migrated)", lock_key, *exc.node_addr)
-                asked = exc.node_addr
-            except redis.exceptions.ResponseError as exc:
-                raise BackendError(f"redis answered an error: {exc}") from exc
+                    try:
+                        return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo, asking=asking)
+                    except redis.exceptions.NoScriptError:
+                        # Not applied; EVAL runs the script and caches it for the next EVALSHA.
+                        return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo, asking=asking)
+                except redis.exceptions.TryAgainError as exc:
+                    # Not applied: the slot is being migrated and only some of the lock's keys have reached the
+                    # importing node (the queue's keys exist only while someone waits). Migrating a slot takes
+                    # moments; try again until the deadline, from the slot's owner. Reported only once the
+                    # deadline is near, and as a migration, not as an error answer.
+                    if loop.time() + pause >= deadline:
+                        raise BackendError(f"redis cluster: {lock_key!r} is being migrated: {exc}") from exc
+                    logger.debug("%s: %s; trying again in %.2f s", lock_key, exc, pause)
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, _MAX_PAUSE)
+                    redirects = 0
+                    continue
+                except redis.exceptions.MovedError as exc:
+                    # Not applied either: the slot lives elsewhere now (Cluster resharding or failover).
+                    logger.debug("%s moved (%s); reloading the cluster's slots", lock_key, exc)
+                    with map_errors("redis cluster"):
+                        await self.client.nodes_manager.initialize()
+                except redis.exceptions.AskError as exc:
+                    # Not applied: the slot is being migrated and its keys are on the importing node already;
+                    # that node runs the call once, right after ASKING.
+                    logger.debug("%s asked to %s:%s (slot being migrated)", lock_key, *exc.node_addr)
+                    asked = exc.node_addr
             redirects += 1
         raise BackendError(f"redis cluster kept redirecting {lock_key!r}")
 

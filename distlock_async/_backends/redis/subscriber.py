@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._core._aio import Signal, cancel_and_wait
+from .errors import CLIENT_ERRORS
 from .scripts import owner_of_notice
-from .wire import CLIENT_ERRORS
 
 __all__ = ["Channel", "Subscriber"]
 

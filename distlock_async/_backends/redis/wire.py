@@ -32,14 +32,11 @@ import redis.exceptions
 from ..._core._aio import cancel_and_wait, retrieve
 from ..._errors import BackendError
 from .._compat_redis import close_now, peer_closed, write_now
+from .errors import CLIENT_ERRORS, REPLY_ERRORS, map_errors
 
-__all__ = ["CLIENT_ERRORS", "Mux", "disconnect", "unsent"]
+__all__ = ["Mux", "disconnect", "unsent"]
 
 logger = logging.getLogger("distlock_async")
-
-
-#: Errors of redis-py and the socket layer that mean "the server could not be reached or answered badly".
-CLIENT_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, EOFError)
 
 
 #: The mark of a ``BackendError`` whose command was certainly not written (no connection could be made),
@@ -66,6 +63,9 @@ class Mux:
         self._make = make
         self._deadline = deadline
         self._name = name
+        #: Failures of this connection's commands become ``BackendError("redis at <name>: ...")``; error
+        #: replies pass, for the caller to decide about.
+        self._errors = map_errors(f"redis at {name}", passing=REPLY_ERRORS)
         self._conn: Any = None
         self._pending: deque[asyncio.Future[Any]] = deque()
         self._write_lock = asyncio.Lock()
@@ -88,21 +88,23 @@ class Mux:
         fut: asyncio.Future[Any] = loop.create_future()
         timer = loop.call_later(self._deadline, self._expire, fut, undo)
         try:
-            try:
-                await self._send(fut, args, asking)
-            except (asyncio.TimeoutError, TimeoutError) as exc:  # the handshake's (before OSError: 3.10)
-                # A plain-text server answers nothing to a TLS hello: the handshake just waits.
-                hint = "; is the server speaking TLS? (rediss:// expects it)" if self._tls else ""
-                raise _not_sent(f"redis at {self._name}: no connection within {self._deadline:g} s{hint}") from exc
-            # Awaiting the future directly: if the caller is cancelled the future is cancelled too, and
-            # the reader drops its reply when it arrives.
-            return await fut
-        except redis.exceptions.ResponseError:
-            raise  # an answer, not a failure to get one: the caller decides
-        except CLIENT_ERRORS as exc:
-            message = f"redis at {self._name}: {exc}"
-            written = fut in self._pending or fut.done()
-            raise (BackendError(message) if written else _not_sent(message)) from exc
+            with self._errors:
+                try:
+                    await self._send(fut, args, asking)
+                except (asyncio.TimeoutError, TimeoutError) as exc:  # the handshake's (before OSError: 3.10)
+                    # Not the plain mapping: the message says how long, and may say why (a plain-text
+                    # server answers nothing to a TLS hello: the handshake just waits).
+                    hint = "; is the server speaking TLS? (rediss:// expects it)" if self._tls else ""
+                    raise _not_sent(f"redis at {self._name}: no connection within {self._deadline:g} s{hint}") from exc
+                # Awaiting the future directly: if the caller is cancelled the future is cancelled too, and
+                # the reader drops its reply when it arrives.
+                return await fut
+        except BackendError as exc:
+            # Whether the command was written is a fact of this connection, not of the error: an obtain
+            # whose command never left has nothing to undo.
+            if not (fut in self._pending or fut.done()):
+                setattr(exc, _UNSENT, True)
+            raise
         finally:
             timer.cancel()
             if fut.done() and not fut.cancelled():
