@@ -31,8 +31,20 @@ class TracingEtcdLocker(EtcdLocker):
         return lock
 
     async def aclose(self) -> None:
-        self.leftover_watches = max(self.leftover_watches, len(self._driver_.watches._watches))
-        await super().aclose()
+        # Counted once the locker has closed its observations (which hold a watch while open), just
+        # before the driver closes its streams.
+        driver = self._driver_
+        close_driver = driver.aclose
+
+        async def audited_close() -> None:
+            self.leftover_watches = max(self.leftover_watches, len(driver.watches._watches))
+            await close_driver()
+
+        driver.aclose = audited_close  # type: ignore[method-assign]
+        try:
+            await super().aclose()
+        finally:
+            del driver.aclose
 
 
 async def leases(admin: aetcd.Client) -> set[int]:

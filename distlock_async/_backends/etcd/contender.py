@@ -1,18 +1,24 @@
-"""One ``obtain`` on etcd: its lease, its key queued under the lock's name, the watch on the key ahead."""
+"""One ``obtain`` on etcd: its lease, its key queued under the lock's name, the watch on the key ahead.
+
+The same contender takes a semaphore's permit or campaigns in an election: a :class:`Rule` says under
+which prefix it queues, what its key holds, and how many of the first keys hold at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from aetcd import rpc
 
 from ..._core._driver import Busy, Granted
 from ..._errors import BackendError
 from .errors import code, is_lease_not_found
-from .queue import is_member, join_queue, value_of
+from .queue import Rule, is_member, join_queue, range_end, value_of
 from .streams import Watch
 
 if TYPE_CHECKING:
@@ -58,21 +64,32 @@ class EtcdContender:
         "_key",
         "_lease_id",
         "_lease_ttl",
+        "_limit",
         "_own",
         "_prefix",
         "_renewal",
         "_reused",
         "_revision",
+        "_token",
         "_value",
         "_watch",
+        "_what",
     )
 
-    def __init__(self, driver: EtcdDriver, key: str, token: str, ttl: float, holder: str) -> None:
+    def __init__(
+        self, driver: EtcdDriver, key: str, token: str, ttl: float, holder: str, rule: Rule | None = None
+    ) -> None:
         self._driver = driver
         self._key = key
-        #: What our key holds: the token and the holder label that ``inspect`` shows.
-        self._value = value_of(token, holder)
-        self._prefix = f"{driver.namespace}{key}/".encode()
+        self._token = token
+        namespace = driver.namespace if rule is None else rule.namespace
+        self._prefix = f"{namespace}{key}/".encode()
+        #: What our key holds: the token and the holder label (``inspect`` shows it) of a lock or a permit;
+        #: a candidate's value, as Go's ``concurrency.Election`` writes it.
+        self._value = value_of(token, holder) if rule is None or rule.value is None else rule.value.encode()
+        #: How many of the name's first keys hold at once: 1 but for a semaphore's permits.
+        self._limit = 1 if rule is None else rule.limit
+        self._what = "lock" if rule is None else rule.what
         self._lease_ttl = driver.lease_ttl(ttl)
         self._lease_id = 0
         self._grant: asyncio.Future[int] | None = None
@@ -178,12 +195,16 @@ class EtcdContender:
                 if exc.__cause__ is None or not is_lease_not_found(exc.__cause__):
                     raise
                 gone = exc.__cause__
-            logger.debug("lock %r: the lease of our key (%x) is gone; queueing again", self._key, self._lease_id)
+            logger.debug(
+                "%s %r: the lease of our key (%x) is gone; queueing again", self._what, self._key, self._lease_id
+            )
             if self._reused:
                 self._driver.distrust_spares()
             await self._driver.revoke(self._lease_id)
             await self._new_lease(reuse=False)
-        raise BackendError(f"etcd: the leases of lock {self._key!r} expired {_LEASE_TRIES} times in a row") from gone
+        raise BackendError(
+            f"etcd: the leases of {self._what} {self._key!r} expired {_LEASE_TRIES} times in a row"
+        ) from gone
 
     async def _end_renewal(self) -> None:
         renewal, self._renewal = self._renewal, None
@@ -205,33 +226,33 @@ class EtcdContender:
         if revision != self._revision:
             self._drop_watch()  # queued afresh: the key ahead of us is another one
             self._revision = revision
+        # Ours holds if it is among the name's first ``limit`` keys (the first, for a lock). Keys of names
+        # nested below this one may take places among those read: then every key is read.
         first = reply.responses[1].response_range.kvs
-        if first and not is_member(self._prefix, first[0].key):
-            first = await self._driver.members(self._prefix, limit_one=True)
-        if first and first[0].create_revision == revision:
+        if not any(kv.create_revision == revision for kv in first) and any(
+            not is_member(self._prefix, kv.key) for kv in first
+        ):
+            first = await self._driver.members(self._prefix, limit=self._limit)
+        if any(kv.create_revision == revision for kv in first):
             return Granted(revision, Held(self._lease_id, self._own, revision, self._expires_at, self._lease_ttl))
         return Busy()
 
     async def _txn(self) -> Any:
         """Go's ``Mutex.tryAcquire``: queue our key unless it is queued already, and read the first key."""
-        return await self._driver.txn(join_queue(self._own, self._prefix, self._value, self._lease_id))
+        return await self._driver.txn(join_queue(self._own, self._prefix, self._value, self._lease_id, self._limit))
 
     async def wait(self, timeout: float) -> bool:
-        driver = self._driver
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         interval = self._lease_ttl / 3
         while True:
-            if self._watch is None:
-                ahead = await driver.predecessor(self._prefix, self._revision)
-                if ahead is None:
-                    return True  # nobody ahead of us any more
-                key, revision = ahead
-                self._watch = driver.watches.watch_delete(key, revision + 1)
+            if self._watch is None and not await self._watch_ahead():
+                return True  # nobody ahead of us any more (not enough for the permits, in a semaphore)
+            assert self._watch is not None
             now = loop.time()
             keep_alive_at = self._kept_alive_at + interval
             if await self._watch.fired.wait(max(0.0, min(deadline, keep_alive_at) - now)):
-                logger.debug("lock %r: the key ahead of ours is gone; trying again", self._key)
+                logger.debug("%s %r: the key ahead of ours is gone; trying again", self._what, self._key)
                 self._drop_watch()
                 return True
             now = loop.time()
@@ -240,6 +261,38 @@ class EtcdContender:
                 return True
             if now >= deadline:
                 return False
+
+    async def _watch_ahead(self) -> bool:
+        """Watch what can let us in; ``False`` if nothing has to go first.
+
+        With one holder at a time (a lock, a candidate, a permit of ``limit=1``) that is the deletion of
+        the key just ahead of ours, as Go's Mutex does: one waiter wakes per release. With ``limit`` holders
+        a deletion of any key ahead of ours counts, so the watch covers the name's range and counts the
+        deletions of keys created before ours (``prev_kv`` says when each was created): it fires once
+        ``rank - limit + 1`` of them went, the number that lets us in, or at once if it cannot tell.
+        Keys are never created ahead of ours, so the count can only go down.
+        """
+        driver = self._driver
+        if self._limit == 1:
+            ahead = await driver.predecessor(self._prefix, self._revision)
+            if ahead is None:
+                return False
+            key, revision = ahead
+            self._watch = driver.watches.watch_delete(key, revision + 1)
+            return True
+        rank, revision = await driver.rank(self._prefix, self._revision)
+        need = rank - self._limit + 1
+        if need <= 0:
+            return False
+        prefix = self._prefix
+        self._watch = driver.watches.watch(
+            prefix,
+            revision + 1,
+            range_end=range_end(prefix),
+            prev_kv=True,
+            wake=_DeletionsAhead(prefix, self._revision, need),
+        )
+        return True
 
     def _drop_watch(self) -> None:
         watch, self._watch = self._watch, None
@@ -282,6 +335,28 @@ class EtcdContender:
                         exc,
                     )
         self._grant = None
+
+
+class _DeletionsAhead:
+    """A semaphore waiter's watch: counts the deletions of the name's keys created before ours."""
+
+    __slots__ = ("need", "prefix", "revision")
+
+    def __init__(self, prefix: bytes, revision: int, need: int) -> None:
+        self.prefix = prefix
+        self.revision = revision
+        self.need = need
+
+    def __call__(self, events: Sequence[Any]) -> bool:
+        for event in events:
+            if event.type != rpc.Event.EventType.DELETE:
+                continue
+            if not event.HasField("prev_kv"):
+                return True  # cannot tell which key went: look again
+            previous = event.prev_kv
+            if is_member(self.prefix, previous.key) and previous.create_revision < self.revision:
+                self.need -= 1
+        return self.need <= 0
 
 
 def _surely_not_granted(exc: BaseException | None) -> bool:

@@ -1,6 +1,6 @@
 """The etcd backend's side of the driver contract: the connection, one RPC with its deadline and
 retries, leases (granted, kept alive, kept for reuse, revoked), and release, refresh, ``ttl()`` and
-inspection of a lock."""
+inspection of a lock; the views and reads behind semaphores and elections (``coordination.py``)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from aetcd import rpc
 
 from ..._errors import BackendError
 from ..._options import EtcdOptions
-from ..._protocols import KeyState
+from ..._protocols import KeyState, Leader
 from .._compat_aetcd import Client, credentials_of
 from .channel import HASLEADER, authenticate, channel_options, dial, load_credentials, resolve_target, unary
 from .contender import EtcdContender, Held
+from .coordination import ELECTION, SEMAPHORE, EtcdFollower, EtcdView, read_leader
 from .errors import (
     CLIENT_ERRORS,
     StreamFailed,
@@ -31,7 +32,7 @@ from .errors import (
     is_transient,
     map_errors,
 )
-from .queue import holder_of, is_member, leave_queue, predecessor, queue
+from .queue import Rule, ahead, holder_of, is_member, leave_queue, predecessor, proclaim, queue, sibling_namespace
 from .streams import KeepAlives, Watches
 
 __all__ = ["EtcdDriver"]
@@ -301,12 +302,21 @@ class EtcdDriver:
 
     # --- the queue of a lock -----------------------------------------------------------------------
 
-    async def members(self, prefix: bytes, *, limit_one: bool, values: bool = False) -> list[Any]:
-        """The lock keys of a name in queue order, without the keys of names nested below it; with their
-        values if ``values``."""
+    async def members(
+        self, prefix: bytes, *, limit_one: bool = False, limit: int | None = None, values: bool = False
+    ) -> list[Any]:
+        """The lock keys of a name in queue order, without the keys of names nested below it (the first
+        ``limit`` of them, or the first with ``limit_one``); with their values if ``values``."""
         reply = await self.range(queue(prefix, keys_only=not values))
         members = [kv for kv in reply.kvs if is_member(prefix, kv.key)]
-        return members[:1] if limit_one else members
+        if limit_one:
+            limit = 1
+        return members if limit is None else members[:limit]
+
+    async def rank(self, prefix: bytes, revision: int) -> tuple[int, int]:
+        """How many keys of the name were created before ``revision``, and the revision they were counted at."""
+        reply = await self.range(ahead(prefix, revision))
+        return sum(1 for kv in reply.kvs if is_member(prefix, kv.key)), int(reply.header.revision)
 
     async def predecessor(self, prefix: bytes, revision: int) -> tuple[bytes, int] | None:
         """The key queued just ahead of the one created at ``revision``, and the revision it was seen at."""
@@ -339,6 +349,39 @@ class EtcdDriver:
         # A key without a lease (written by hand) holds the lock until deleted.
         ttl = None if first.lease == 0 else max(float(info.TTL), 0.0)
         return KeyState(True, ttl, int(first.create_revision), holder_of(first.value))
+
+    # --- Semaphores and Elections ----------------------------------------------------------------------
+
+    def coordination_namespace(self, kind: str) -> str:
+        """The prefix of this locker's semaphores or elections (see ``queue.sibling_namespace``)."""
+        namespace = sibling_namespace(self.namespace, kind)
+        if namespace is None:
+            raise ValueError(
+                f"an EtcdLocker with an empty namespace has no {kind}s: no prefix of theirs would be safe "
+                "from lock keys; give the locker a namespace"
+            )
+        return namespace
+
+    def permits(self, limit: int) -> EtcdView:
+        return EtcdView(self, Rule(self.coordination_namespace(SEMAPHORE), limit, what="permit"))
+
+    def candidates(self, value: str) -> EtcdView:
+        return EtcdView(self, Rule(self.coordination_namespace(ELECTION), 1, value, what="candidate"))
+
+    def election_prefix(self, name: str) -> bytes:
+        return f"{self.coordination_namespace(ELECTION)}{name}/".encode()
+
+    async def proclaim(self, name: str, token: str, handle: Held, value: str) -> bool:
+        """Go's ``Proclaim``: the value of our key, if it is still the one created when we were elected."""
+        reply = await self.txn(proclaim(handle.key, handle.revision, handle.lease_id, value.encode()))
+        return bool(reply.succeeded)
+
+    async def leader(self, name: str) -> Leader | None:
+        leader, _ = await read_leader(self, self.election_prefix(name))
+        return leader
+
+    def follow(self, name: str) -> EtcdFollower:
+        return EtcdFollower(self, self.election_prefix(name))
 
     # --- Driver ------------------------------------------------------------------------------------
 

@@ -33,6 +33,11 @@ class EtcdLocker(LockerBase[Held]):
     ``refresh()`` keeps it alive once over the locker's keep-alive stream and checks that the key is
     still there; ``ttl()`` is the lease's remaining time in whole seconds.
 
+    Semaphores and elections queue the same way under ``<namespace minus its last character>.semaphore/``
+    and ``.election/`` (``distlock.semaphore/`` and ``distlock.election/`` by default), which no lock key
+    can produce; elections keep the layout of Go's ``concurrency.Election`` and ``etcdctl elect``. A
+    locker with an empty namespace has neither.
+
     A lease lives ``EtcdOptions.session_ttl`` seconds, by default the lock's ``ttl`` rounded up to whole
     seconds, and a leader change resets it to the full TTL. etcd would raise a shorter TTL to its minimum
     (1.5 election timeouts, 2 s with its default settings): ``obtain`` raises ``ValueError`` instead.

@@ -1,24 +1,58 @@
 """A lock's queue in etcd, laid out as Go's ``concurrency.Mutex``: key names, and the requests that
-join the queue, read it, and leave it."""
+join the queue, read it, and leave it. Semaphores and elections queue the same way under prefixes of
+their own (see :func:`sibling_namespace` and ``coordination.py``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from aetcd import rpc
 
 __all__ = [
+    "Rule",
+    "ahead",
     "first_in_queue",
+    "first_with_values",
     "holder_of",
     "is_member",
     "join_queue",
     "leave_queue",
     "predecessor",
+    "proclaim",
     "queue",
     "range_end",
+    "sibling_namespace",
     "value_of",
 ]
 
 
 _HEX = frozenset(b"0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Where a contender queues its key and what it may hold: locks, permits and candidacies differ only
+    in this. ``namespace`` is the prefix of the names, ``value`` what the key holds (``None``: the
+    obtain's token), ``limit`` how many of the first keys of a name hold at once."""
+
+    namespace: str
+    limit: int = 1
+    value: str | None = None
+    #: What the log records call it.
+    what: str = "lock"
+
+
+def sibling_namespace(namespace: str, kind: str) -> str | None:
+    """The prefix of the semaphores (``kind="semaphore"``) or elections of a locker with ``namespace``.
+
+    Its last character is replaced: ``distlock/`` gives ``distlock.semaphore/``. No key of a lock
+    (``<namespace><key>/<lease>``, ``key`` anything) can start with it, since it parts from
+    ``namespace`` before ``namespace`` ends, and the two kinds part from each other. An empty namespace
+    has no such prefix: ``None``.
+    """
+    if not namespace:
+        return None
+    return f"{namespace[:-1]}{'_' if namespace[-1] == '.' else '.'}{kind}/"
 
 
 def range_end(prefix: bytes) -> bytes:
@@ -60,9 +94,25 @@ def queue(prefix: bytes, *, keys_only: bool = True) -> rpc.RangeRequest:
     return _by_creation(prefix, keys_only=keys_only, sort_order=rpc.RangeRequest.SortOrder.ASCEND)
 
 
-def first_in_queue(prefix: bytes) -> rpc.RangeRequest:
-    """The first key under ``prefix``: the holder's, unless it belongs to a nested name."""
-    return _by_creation(prefix, sort_order=rpc.RangeRequest.SortOrder.ASCEND, limit=1)
+def first_in_queue(prefix: bytes, limit: int = 1) -> rpc.RangeRequest:
+    """The first ``limit`` keys under ``prefix``: the holders', unless some belong to a nested name."""
+    return _by_creation(prefix, sort_order=rpc.RangeRequest.SortOrder.ASCEND, limit=limit)
+
+
+def first_with_values(prefix: bytes) -> rpc.RangeRequest:
+    """The first key under ``prefix`` with its value: an election's leader, unless a nested name's."""
+    return rpc.RangeRequest(
+        key=prefix,
+        range_end=range_end(prefix),
+        sort_target=rpc.RangeRequest.SortTarget.CREATE,
+        sort_order=rpc.RangeRequest.SortOrder.ASCEND,
+        limit=1,
+    )
+
+
+def ahead(prefix: bytes, revision: int) -> rpc.RangeRequest:
+    """Every key under ``prefix`` created before ``revision`` (nested names' included)."""
+    return _by_creation(prefix, sort_order=rpc.RangeRequest.SortOrder.ASCEND, max_create_revision=revision - 1)
 
 
 def predecessor(prefix: bytes, revision: int) -> rpc.RangeRequest:
@@ -72,10 +122,10 @@ def predecessor(prefix: bytes, revision: int) -> rpc.RangeRequest:
     )
 
 
-def join_queue(own: bytes, prefix: bytes, value: bytes, lease_id: int) -> rpc.TxnRequest:
+def join_queue(own: bytes, prefix: bytes, value: bytes, lease_id: int, limit: int = 1) -> rpc.TxnRequest:
     """Go's ``Mutex.tryAcquire``: queue ``own`` (with ``value``) unless it is queued already, and read the
-    first key."""
-    first = rpc.RequestOp(request_range=first_in_queue(prefix))
+    first key (the first ``limit`` keys, for a semaphore)."""
+    first = rpc.RequestOp(request_range=first_in_queue(prefix, limit))
     return rpc.TxnRequest(
         compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=own, create_revision=0)],
         success=[rpc.RequestOp(request_put=rpc.PutRequest(key=own, value=value, lease=lease_id)), first],
@@ -91,5 +141,17 @@ def leave_queue(key: bytes, revision: int, lease_id: int) -> rpc.TxnRequest:
             rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.LEASE, key=key, lease=lease_id),
         ],
         success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))],
+        failure=[],
+    )
+
+
+def proclaim(key: bytes, revision: int, lease_id: int, value: bytes) -> rpc.TxnRequest:
+    """Go's ``Election.Proclaim``: put ``value`` in ``key`` (keeping its lease) if it is still the one
+    created at ``revision``."""
+    return rpc.TxnRequest(
+        compare=[
+            rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key, create_revision=revision),
+        ],
+        success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease_id))],
         failure=[],
     )

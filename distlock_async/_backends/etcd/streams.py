@@ -1,5 +1,6 @@
-"""The etcd backend's long-lived streams, one of each per locker: lease keep-alives, and watches for
-the deletion of the key ahead of a waiter."""
+"""The etcd backend's long-lived streams, one of each per locker: lease keep-alives, and watches (for
+the deletion of the key ahead of a waiter, of keys ahead of a semaphore's waiter, for the changes of an
+election)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -174,14 +175,23 @@ class KeepAlives:
 
 
 class Watch:
-    """One watch for the deletion of a key; ``fired`` is set on the deletion or when the stream fails."""
+    """One watch; ``fired`` is set when what it waits for happened (by default: the deletion of its key),
+    and when the watch ended (``over``: a cancel by the server, a compacted start revision, the stream
+    failed), after which it reports nothing more."""
 
-    __slots__ = ("fired", "id", "key")
+    __slots__ = ("fired", "id", "key", "over", "wake")
 
-    def __init__(self, watch_id: int, key: bytes) -> None:
+    def __init__(self, watch_id: int, key: bytes, wake: Callable[[Sequence[Any]], bool] | None = None) -> None:
         self.id = watch_id
         self.key = key
         self.fired = Signal()
+        #: Given each response's events, whether to fire; ``None``: on any deletion.
+        self.wake = wake
+        self.over = False
+
+    def end(self) -> None:
+        self.over = True
+        self.fired.set()
 
 
 #: The ``watch_id`` of etcd's answer to a create it refused (Go: ``clientv3.InvalidWatchID``).
@@ -207,26 +217,44 @@ class Watches:
         watch = self._watches.get(response.watch_id)
         if watch is None:
             return
-        if (
-            response.canceled
-            or response.compact_revision
-            or any(event.type == rpc.Event.EventType.DELETE for event in response.events)
-        ):
+        if response.canceled or response.compact_revision:
             # A compacted start revision or a cancel by the server: wake up and look again.
+            watch.end()
+        elif watch.wake is None:
+            if any(event.type == rpc.Event.EventType.DELETE for event in response.events):
+                watch.fired.set()
+        elif response.events and watch.wake(response.events):
             watch.fired.set()
 
     def _failure(self, exc: BaseException) -> None:
         watches, self._watches = self._watches, {}
         for watch in watches.values():
-            watch.fired.set()
+            watch.end()
 
     def watch_delete(self, key: bytes, start_revision: int) -> Watch:
-        watch = Watch(next(self._ids), key)
+        """Fire on the deletion of ``key`` from ``start_revision`` on."""
+        return self.watch(key, start_revision)
+
+    def watch(
+        self,
+        key: bytes,
+        start_revision: int,
+        *,
+        range_end: bytes = b"",
+        puts: bool = False,
+        prev_kv: bool = False,
+        wake: Callable[[Sequence[Any]], bool] | None = None,
+    ) -> Watch:
+        """Watch ``key`` (to ``range_end``) from ``start_revision`` on: deletions only unless ``puts``;
+        ``wake`` decides from each response's events whether to fire (default: on a deletion)."""
+        watch = Watch(next(self._ids), key, wake)
         self._watches[watch.id] = watch
         create = rpc.WatchCreateRequest(
             key=key,
+            range_end=range_end,
             start_revision=start_revision,
-            filters=[rpc.WatchCreateRequest.FilterType.NOPUT],
+            filters=[] if puts else [rpc.WatchCreateRequest.FilterType.NOPUT],
+            prev_kv=prev_kv,
             watch_id=watch.id,
         )
         self._stream.send(rpc.WatchRequest(create_request=create))
