@@ -1,5 +1,5 @@
-"""One ``obtain`` on Redis: its attempts, its place in the lock's queue on the server, and the undo of
-an attempt whose outcome is unknown."""
+"""One ``obtain`` on Redis (of a lock, a permit or a leadership: see ``scripts.Space``): its attempts, its
+place in the queue on the server, and the undo of an attempt whose outcome is unknown."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..._core._aio import Signal
 from ..._core._driver import Busy, Granted
 from ..._errors import BackendError
-from .scripts import OBTAIN, WAITER_TTL_MS, Keys, ms
+from .scripts import LOCKS, WAITER_TTL_MS, Space, ms
 from .wire import unsent
 
 if TYPE_CHECKING:
@@ -29,13 +29,17 @@ class RedisContender:
     A release hands the lock to the first waiter and names it on the lock's channel: only that waiter
     wakes, and its next attempt confirms the lock (one round trip, no race). Leaving without the lock
     takes the contender out of the queue and passes on a lock handed to it meanwhile.
+
+    Permits and leaderships queue the same way in a space of their own; they are not handed over but
+    served by rank: a release or a waiter leaving names on the channel each waiter that may hold now.
     """
 
-    __slots__ = ("_driver", "_keys", "_queued", "_signal", "_token", "_ttl_ms", "_uncertain")
+    __slots__ = ("_driver", "_keys", "_queued", "_signal", "_space", "_token", "_ttl_ms", "_uncertain")
 
-    def __init__(self, driver: RedisDriver, key: str, token: str, ttl: float) -> None:
+    def __init__(self, driver: RedisDriver, key: str, token: str, ttl: float, space: Space = LOCKS) -> None:
         self._driver = driver
-        self._keys = Keys(driver.namespace, key)
+        self._space = space
+        self._keys = space.keys(driver.namespace, key)
         self._token = token
         self._ttl_ms = ms(ttl)
         self._signal: Signal | None = None
@@ -48,10 +52,10 @@ class RedisContender:
     async def attempt(self) -> Granted[None] | Busy:
         if self._signal is not None:
             self._signal.clear()
-        keys = self._keys
+        keys, space = self._keys, self._space
         try:
             reply = await self._driver.run(
-                OBTAIN, keys.lock, keys.all, (self._token, WAITER_TTL_MS, self._ttl_ms), undoable=True
+                space.obtain, keys.lock, keys.all, space.obtain_args(self._token, self._ttl_ms), undo=space
             )
         except BaseException as exc:
             # The command may have been applied (unless no connection could be made): close() leaves the
@@ -85,7 +89,7 @@ class RedisContender:
                 return signal.is_set()
             if await signal.wait(min(left, _KEEP_ALIVE)):
                 return True
-            if loop.time() < deadline and not await self._driver.touch(self._keys, self._token):
+            if loop.time() < deadline and not await self._driver.touch(self._keys, self._space, self._token):
                 return True  # our place was dropped (this process stalled): queue again
             # Kept alive; wait on.
 
@@ -95,7 +99,7 @@ class RedisContender:
             await self._driver.subscriber.leave(self._keys.lock, self._token)
         if granted is None and (self._queued or self._uncertain):
             try:
-                await self._driver.leave(self._keys, self._token)
+                await self._driver.leave(self._keys, self._space, self._token)
             except BackendError as exc:
                 logger.warning(
                     "could not take an abandoned obtain of %r out of the queue (%s); its place expires within %.0f s",

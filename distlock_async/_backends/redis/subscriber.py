@@ -1,7 +1,9 @@
 """Wake on release for Redis: one pub/sub connection per locker, and its waiting tasks by lock and token.
 
 The queue itself lives on the server (see ``scripts``); a release hands the lock to the first waiter
-and publishes its token on the lock's channel, and only that waiter is woken.
+and publishes its token on the lock's channel, and only that waiter is woken. The channels of permits
+and elections name their waiters the same way; an election's also carries ``"*"`` on every change of its
+leader, which wakes the channel's watchers (the observers, whose names start with ``"*"``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ class Channel:
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def wake(self, token: str) -> None:
+        if token == "*":
+            for name, watcher in self.waiters.items():
+                if name.startswith("*"):
+                    watcher.set()
+            return
         signal = self.waiters.get(token)
         if signal is not None:
             signal.set()
