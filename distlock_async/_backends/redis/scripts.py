@@ -233,8 +233,10 @@ return {0, -2, fence}
 # holder token -> "<fencing token> <value>"). ARGV[1] token, ARGV[2] WAITER_TTL_MS, ARGV[3] limit, ARGV[4]
 # "1" if observers follow the name (an election), ARGV[5] TTL in ms, ARGV[6] value.
 #
-# A change that may let waiters hold (a release, a waiter leaving) publishes the token of each waiter that
-# fits now on KEYS[1]; a change of who leads or of the value publishes "*" for the observers. An expiry
+# A change that may let waiters hold (a release, a waiter leaving) publishes "<token> 0" for each waiter
+# that fits now on KEYS[1]; a change of who leads or of the value publishes "* 0" for the observers. (The
+# shape of a lock's "<token> <fencing token>": nothing is handed over, so no fencing token, and whoever
+# reads the first or the last word of a lock's message reads these alike.) An expiry
 # announces nothing: every Busy reply says when the next holder or waiter ahead may expire.
 _COORD_PRELUDE = (
     _PRELUDE
@@ -263,7 +265,7 @@ local function keep_holders()
   redis.call('pexpireat', KEYS[5], last)
 end
 local function changed()
-  if ARGV[4] == '1' then redis.call('publish', KEYS[1], '*') end
+  if ARGV[4] == '1' then redis.call('publish', KEYS[1], '* 0') end
 end
 -- Wake the waiters that may hold now, given ``held`` live holders; their tokens.
 local function wake(held)
@@ -272,7 +274,7 @@ local function wake(held)
   for i, member in ipairs(redis.call('zrange', KEYS[3], 0, -1)) do
     local token, limit = string.match(member, '^(.*)/(%d+)$')
     if held + i - 1 < tonumber(limit) then
-      redis.call('publish', KEYS[1], token)
+      redis.call('publish', KEYS[1], token .. ' 0')
       woken[#woken + 1] = token
     end
   end
