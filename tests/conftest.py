@@ -294,7 +294,7 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]] =
 
 
 #: The backends with semaphores and elections (SPEC, "Coordination beyond the mutex").
-COORDINATION_BACKENDS = ("etcd", "memory")
+COORDINATION_BACKENDS = ("etcd", "memory", "redis", "redis-cluster", "redis-sentinel")
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -1,5 +1,5 @@
-"""One ``obtain`` on Redis: its attempts, its place in the lock's queue on the server, and the undo of
-an attempt whose outcome is unknown."""
+"""One ``obtain`` on Redis (of a lock, a permit or a leadership: see ``scripts.Space``): its attempts, its
+place in the queue on the server, and the undo of an attempt whose outcome is unknown."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..._core._aio import Signal
 from ..._core._driver import Busy, Granted
 from ..._errors import BackendError
-from .scripts import OBTAIN, WAITER_TTL_MS, Keys, ms, owner
+from .scripts import LOCKS, WAITER_TTL_MS, Space, ms, owner
 from .wire import unsent
 
 if TYPE_CHECKING:
@@ -30,16 +30,24 @@ class RedisContender:
     wakes, and its next attempt confirms the lock (one round trip, no race). Leaving without the lock
     takes the contender out of the queue and passes on a lock handed to it meanwhile.
 
-    On the server the contender is its *owner* string, its token and holder label (see ``scripts``); a
-    granted lock's handle is that string, which the driver's release, refresh and ``ttl()`` compare.
+    Permits and leaderships queue the same way in a space of their own; they are not handed over but
+    served by rank: a release or a waiter leaving names on the channel each waiter that may hold now.
+
+    On the server a lock's contender is its *owner* string, its token and holder label (see ``scripts``);
+    a permit's or a leadership's is its token. A grant's handle is that string, which the driver's release,
+    refresh and ``ttl()`` compare.
     """
 
-    __slots__ = ("_driver", "_keys", "_owner", "_queued", "_signal", "_ttl_ms", "_uncertain")
+    __slots__ = ("_driver", "_keys", "_queued", "_signal", "_space", "_token", "_ttl_ms", "_uncertain")
 
-    def __init__(self, driver: RedisDriver, key: str, token: str, ttl: float, holder: str) -> None:
+    def __init__(
+        self, driver: RedisDriver, key: str, token: str, ttl: float, holder: str, space: Space = LOCKS
+    ) -> None:
         self._driver = driver
-        self._keys = Keys(driver.namespace, key)
-        self._owner = owner(token, holder)
+        self._space = space
+        self._keys = space.keys(driver.namespace, key)
+        #: Who the scripts and the channel know this contender as.
+        self._token = token if space.coordination else owner(token, holder)
         self._ttl_ms = ms(ttl)
         self._signal: Signal | None = None
         #: An attempt found the lock taken: we have a place in the queue (or had one) to give back.
@@ -51,10 +59,10 @@ class RedisContender:
     async def attempt(self) -> Granted[str] | Busy:
         if self._signal is not None:
             self._signal.clear()
-        keys = self._keys
+        keys, space = self._keys, self._space
         try:
             reply = await self._driver.run(
-                OBTAIN, keys.lock, keys.all, (self._owner, WAITER_TTL_MS, self._ttl_ms), undoable=True
+                space.obtain, keys.lock, keys.all, space.obtain_args(self._token, self._ttl_ms), undo=space
             )
         except BaseException as exc:
             # The command may have been applied (unless no connection could be made): close() leaves the
@@ -69,7 +77,7 @@ class RedisContender:
                 except BaseException:
                     self._uncertain = True  # close() passes on the lock we just took
                     raise
-            return Granted(int(reply[1]), self._owner)
+            return Granted(int(reply[1]), self._token)
         self._queued = True
         pttl = int(reply[1])
         return Busy(pttl / 1000 if pttl >= 0 else None)
@@ -80,7 +88,7 @@ class RedisContender:
         signal = self._signal
         if signal is None:
             signal = self._signal = Signal()
-            if await self._driver.subscriber.join(self._keys.lock, self._owner, signal, timeout):
+            if await self._driver.subscriber.join(self._keys.lock, self._token, signal, timeout):
                 return True  # subscribed just now: check again, the lock may have been handed over before
         while True:
             left = deadline - loop.time()
@@ -88,17 +96,17 @@ class RedisContender:
                 return signal.is_set()
             if await signal.wait(min(left, _KEEP_ALIVE)):
                 return True
-            if loop.time() < deadline and not await self._driver.touch(self._keys, self._owner):
+            if loop.time() < deadline and not await self._driver.touch(self._keys, self._space, self._token):
                 return True  # our place was dropped (this process stalled): queue again
             # Kept alive; wait on.
 
     async def close(self, granted: Granted[str] | None) -> None:
         signal, self._signal = self._signal, None
         if signal is not None:
-            await self._driver.subscriber.leave(self._keys.lock, self._owner)
+            await self._driver.subscriber.leave(self._keys.lock, self._token)
         if granted is None and (self._queued or self._uncertain):
             try:
-                await self._driver.leave(self._keys, self._owner)
+                await self._driver.leave(self._keys, self._space, self._token)
             except BackendError as exc:
                 logger.warning(
                     "could not take an abandoned obtain of %r out of the queue (%s); its place expires within %.0f s",

@@ -1,26 +1,49 @@
 """The Redis backend's side of the driver contract: which server runs a call (Cluster redirects
-included), and release, refresh, ``ttl()`` and inspection of a lock."""
+included), and release, refresh, ``ttl()`` and inspection of a lock; its views for the permits of a
+semaphore and the candidates of an election (``SpaceDriver``), and the followers of an election."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import Any
 
+import anyio.lowlevel
 import redis.asyncio
 import redis.exceptions
 
+from ..._core._aio import Signal
 from ..._errors import BackendError
-from ..._protocols import KeyState
+from ..._protocols import KeyState, Leader
 from .._compat_redis import initialization_due
 from .config import RedisConfig
 from .contender import RedisContender
 from .errors import CLIENT_ERRORS, REPLY_ERRORS, map_errors
-from .scripts import EXTEND, INSPECT, LEAVE, RELEASE, REMAINING, TOUCH, WAITER_TTL_MS, Keys, Script, holder_of, ms
+from .scripts import (
+    COORD_EXTEND,
+    COORD_RELEASE,
+    COORD_REMAINING,
+    EXTEND,
+    INSPECT,
+    LEADER,
+    LEADER_SPACE,
+    LOCKS,
+    PERMIT_SPACE,
+    PROCLAIM,
+    RELEASE,
+    REMAINING,
+    TOUCH,
+    Keys,
+    Script,
+    Space,
+    holder_of,
+    ms,
+)
 from .subscriber import Subscriber
 from .wire import Mux
 
-__all__ = ["RedisDriver"]
+__all__ = ["RedisDriver", "RedisFollower", "SpaceDriver"]
 
 logger = logging.getLogger("distlock_async")
 
@@ -89,6 +112,12 @@ class RedisDriver:
     def contender(self, key: str, token: str, ttl: float, holder: str) -> RedisContender:
         return RedisContender(self, key, token, ttl, holder)
 
+    def permits(self, limit: int) -> SpaceDriver:
+        return SpaceDriver(self, Space(PERMIT_SPACE, limit))
+
+    def candidates(self, value: str) -> SpaceDriver:
+        return SpaceDriver(self, Space(LEADER_SPACE, 1, value))
+
     def _mux(self, lock_key: str, node_addr: tuple[str, int] | None = None) -> Mux:
         """The connection to the server of ``lock_key``, or to the Cluster node at ``node_addr``."""
         if self.cluster:
@@ -105,21 +134,34 @@ class RedisDriver:
             mux = self._muxes[name] = Mux(lambda: cls(**_untimed(kwargs)), self.deadline, name)
         return mux
 
-    async def run(
-        self, script: Script, lock_key: str, keys: tuple[str, ...], args: tuple[object, ...], *, undoable: bool = False
-    ) -> Any:
-        """Run ``script`` with one client command (two the first time a server sees it).
-
-        ``undoable``: a queue script (``keys`` are a lock's ``Keys.all``) whose ``args[0]`` is an owner that it
-        may have made the owner of ``lock_key`` or queued; if the deadline passes, a ``LEAVE`` with that
-        owner is queued behind the call (see ``Mux.call``), which also passes on a lock it took.
-        """
+    async def ready(self) -> None:
+        """``RuntimeError`` once closed; on a Cluster, learn its nodes and slots first if not done yet."""
         if self.closed:
             raise RuntimeError("the RedisLocker is closed; the locks it held expire with their TTL")
         if self.cluster and initialization_due(self.client):
             with map_errors("redis cluster"):
                 await self.client.initialize()
-        undo = ("EVAL", LEAVE.body, len(keys), *keys, args[0], WAITER_TTL_MS) if undoable else None
+
+    async def run(
+        self,
+        script: Script,
+        lock_key: str,
+        keys: tuple[str, ...],
+        args: tuple[object, ...],
+        *,
+        undo: Space | None = None,
+    ) -> Any:
+        """Run ``script`` with one client command (two the first time a server sees it).
+
+        ``undo``: the call is an obtain of that space (``keys`` are its ``Keys.all``) whose ``args[0]`` is the
+        contender's name on the server (a lock's owner string, a permit's or candidate's token) that it may
+        have made a holder or queued; if the deadline passes, the space's leave script with
+        that token is queued behind the call (see ``Mux.call``), which also passes on what it took.
+        """
+        await self.ready()
+        undone = None
+        if undo is not None:
+            undone = ("EVAL", undo.leave.body, len(keys), *keys, *undo.base(str(args[0])))
         asked: tuple[str, int] | None = None
         redirects = 0
         loop = asyncio.get_running_loop()
@@ -134,10 +176,12 @@ class RedisDriver:
             with map_errors("redis answered an error", REPLY_ERRORS):
                 try:
                     try:
-                        return await mux.call("EVALSHA", script.sha, len(keys), *keys, *args, undo=undo, asking=asking)
+                        return await mux.call(
+                            "EVALSHA", script.sha, len(keys), *keys, *args, undo=undone, asking=asking
+                        )
                     except redis.exceptions.NoScriptError:
                         # Not applied; EVAL runs the script and caches it for the next EVALSHA.
-                        return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undo, asking=asking)
+                        return await mux.call("EVAL", script.body, len(keys), *keys, *args, undo=undone, asking=asking)
                 except redis.exceptions.TryAgainError as exc:
                     # Not applied: the slot is being migrated and only some of the lock's keys have reached the
                     # importing node (the queue's keys exist only while someone waits). Migrating a slot takes
@@ -163,24 +207,57 @@ class RedisDriver:
             redirects += 1
         raise BackendError(f"redis cluster kept redirecting {lock_key!r}")
 
-    # A lock's handle is its owner string (``scripts.owner``): what the server stores and compares.
+    # A lock's handle is its owner string (``scripts.owner``): what the server stores and compares. A
+    # permit's or a leadership's is its token.
 
     async def release(self, key: str, token: str, handle: str) -> bool:
         keys = Keys(self.namespace, key)
-        reply = await self.run(RELEASE, keys.lock, keys.all, (handle, WAITER_TTL_MS))
+        reply = await self.run(RELEASE, keys.lock, keys.all, LOCKS.base(handle))
         if len(reply) > 1 and reply[1] is not None:
             # Handed to a waiter: if it is one of ours, wake it now rather than when the message comes.
             head = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
             self.subscriber.wake(keys.lock, head)
         return int(reply[0]) == 1
 
-    async def leave(self, keys: Keys, owner: str) -> bool:
-        """Take ``owner`` out of the lock's queue, passing on the lock if it had it; ``True`` if it had."""
-        return int(await self.run(LEAVE, keys.lock, keys.all, (owner, WAITER_TTL_MS))) == 1
+    async def leave(self, keys: Keys, space: Space, token: str) -> bool:
+        """Take ``token`` out of the space's queue, passing on what it held; ``True`` if it held something."""
+        reply = await self.run(space.leave, keys.lock, keys.all, space.base(token))
+        return int(reply) == 1
 
-    async def touch(self, keys: Keys, owner: str) -> bool:
-        """Keep ``owner``'s place in the lock's queue; ``False`` if it has none any more."""
-        return int(await self.run(TOUCH, keys.lock, keys.all, (owner, WAITER_TTL_MS))) == 1
+    async def touch(self, keys: Keys, space: Space, token: str) -> bool:
+        """Keep ``token``'s place in the space's queue; ``False`` if it has none any more."""
+        member = space.member(token)
+        return int(await self.run(TOUCH, keys.lock, keys.all, (member, *space.base(token)[1:]))) == 1
+
+    def wake(self, channel: str, tokens: Any) -> None:
+        """Wake this locker's waiters among ``tokens`` (a script's reply) now, before the message comes."""
+        for token in tokens or ():
+            self.subscriber.wake(channel, token.decode() if isinstance(token, bytes) else str(token))
+
+    # --- elections (the ``Elections`` part of the contract) ---
+
+    async def proclaim(self, name: str, token: str, handle: str, value: str) -> bool:
+        space = Space(LEADER_SPACE, 1, value)
+        keys = space.keys(self.namespace, name)
+        if int(await self.run(PROCLAIM, keys.lock, keys.all, (*space.base(token), 0, value))) != 1:
+            return False
+        self.subscriber.wake(keys.lock, "*")
+        return True
+
+    async def leader(self, name: str) -> Leader | None:
+        return (await self.read_leader(Keys(self.namespace, name, LEADER_SPACE)))[0]
+
+    async def read_leader(self, keys: Keys) -> tuple[Leader | None, float | None]:
+        """The leader and its remaining seconds, or ``(None, None)``."""
+        reply = await self.run(LEADER, keys.lock, keys.all, ())
+        if not reply or reply[0] is None:
+            return None, None
+        entry = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        fence, _, value = entry.partition(" ")
+        return Leader(value, int(fence)), int(reply[1]) / 1000
+
+    def follow(self, name: str) -> RedisFollower:
+        return RedisFollower(self, Keys(self.namespace, name, LEADER_SPACE))
 
     async def extend(self, key: str, token: str, handle: str, ttl: float) -> bool:
         lock_key = Keys(self.namespace, key).lock
@@ -214,3 +291,98 @@ class RedisDriver:
                 await self.client.aclose()
             except CLIENT_ERRORS as exc:
                 logger.debug("closing the Redis client failed: %r", exc)
+
+
+class SpaceDriver:
+    """The driver's view for the permits of one limit, or for the candidates of one value: the same
+    contract, on the keys of that space (see ``scripts``). Owns nothing; making one does no I/O."""
+
+    __slots__ = ("cleanup_timeout", "driver", "space")
+
+    def __init__(self, driver: RedisDriver, space: Space) -> None:
+        self.driver = driver
+        self.space = space
+        self.cleanup_timeout = driver.cleanup_timeout
+
+    def lifetime(self, ttl: float) -> float:
+        return ttl
+
+    def contender(self, key: str, token: str, ttl: float, holder: str) -> RedisContender:
+        return RedisContender(self.driver, key, token, ttl, holder, self.space)
+
+    async def release(self, key: str, token: str, handle: str) -> bool:
+        keys = self.space.keys(self.driver.namespace, key)
+        reply = await self.driver.run(COORD_RELEASE, keys.lock, keys.all, self.space.base(token))
+        if int(reply[0]) != 1:
+            return False
+        self.driver.wake(keys.lock, reply[1])
+        if self.space.suffix == LEADER_SPACE:
+            self.driver.subscriber.wake(keys.lock, "*")
+        return True
+
+    async def extend(self, key: str, token: str, handle: str, ttl: float) -> bool:
+        keys = self.space.keys(self.driver.namespace, key)
+        return int(await self.driver.run(COORD_EXTEND, keys.lock, keys.all, (*self.space.base(token), ms(ttl)))) == 1
+
+    async def remaining(self, key: str, token: str, handle: str) -> float:
+        holders = self.space.keys(self.driver.namespace, key).lock
+        pttl = int(await self.driver.run(COORD_REMAINING, holders, (holders,), (token,)))
+        return max(pttl, 0) / 1000
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()  # the locker's driver owns the connections
+
+
+#: Seconds an observer goes at most without reading the leader again: the bound on how long a lost
+#: notification (a message dropped on its way) can hide a change.
+OBSERVE_REREAD = 5.0
+
+_followers = itertools.count()
+
+
+class RedisFollower:
+    """One ``observe()`` of an election: a watcher on the election's channel, woken by every change (a
+    new leader, a proclaimed value, a resignation; ``"*"`` on the channel) and, since an expiry announces
+    nothing, at the leader's remaining TTL; at the latest every ``OBSERVE_REREAD`` seconds. After every
+    wake-up it reads the leader from the server, so what it returns is never older than the store."""
+
+    __slots__ = ("_closed", "_driver", "_keys", "_name", "_signal", "_ttl")
+
+    def __init__(self, driver: RedisDriver, keys: Keys) -> None:
+        self._driver = driver
+        self._keys = keys
+        #: Its name among the channel's waiters; "*" marks a watcher, woken by every "*" message.
+        self._name = f"*{next(_followers)}"
+        self._signal: Signal | None = None
+        self._ttl: float | None = None
+        self._closed = False
+
+    async def next(self) -> Leader | None:
+        if self._closed:
+            await anyio.lowlevel.checkpoint()
+            return None
+        signal = self._signal
+        if signal is None:
+            # Subscribed first, then read: a change after the read is announced to us.
+            signal = self._signal = Signal()
+            await self._driver.ready()  # a Cluster's nodes are known: the subscriber picks one
+            await self._driver.subscriber.join(self._keys.lock, self._name, signal, OBSERVE_REREAD)
+        else:
+            timeout = OBSERVE_REREAD if self._ttl is None else min(self._ttl, OBSERVE_REREAD)
+            await signal.wait(timeout)
+        if self._signal is not signal:  # closed meanwhile
+            return None
+        signal.clear()
+        leader, ttl = await self._driver.read_leader(self._keys)
+        # A leader's expiry is a change nobody announces: wake up just after it.
+        self._ttl = None if ttl is None else ttl + 0.001
+        return leader
+
+    async def aclose(self) -> None:
+        self._closed = True
+        signal, self._signal = self._signal, None
+        if signal is None:
+            await anyio.lowlevel.checkpoint()
+            return
+        signal.set()  # a next() under way returns
+        await self._driver.subscriber.leave(self._keys.lock, self._name)

@@ -21,7 +21,9 @@ class RedisLocker(LockerBase[str]):
     ``%25`` and ``%7D``), holding the lock's random token with a TTL, and a fencing counter beside it in the
     same hash slot. Obtain, release, refresh and ``ttl()`` are one
     Lua script call each; waiters are woken over pub/sub when the holder releases, one at a time and in
-    the order they started waiting within a locker.
+    the order they started waiting within a locker. Semaphores and elections keep their keys beside the
+    name's lock keys (``...}:permits``, ``...}:leader`` and their queues), in the same hash slot, never
+    meeting a lock of any name.
 
     Lock commands go over a connection of the locker's own, made from the client's settings, never
     through redis-py's retrying ``execute_command``: a lock command is sent at most once, and one that

@@ -1,20 +1,48 @@
-"""What the Redis backend keeps on the server: the names of a lock's keys and the Lua scripts that change them."""
+"""What the Redis backend keeps on the server: the names of a lock's keys and the Lua scripts that change them.
+
+Locks, semaphores and elections share one queue mechanism (the prelude below); each lives in a *space*
+of keys of its own beside the user's name ``<name>``, escaped into the Cluster hash tag ``{<tag>}``:
+
+- a lock: ``ns:{<tag>}`` (the holder's token, with the TTL), ``:fence``, ``:queue``, ``:waiters``;
+- the permits of a semaphore: ``ns:{<tag>}:permits`` (sorted set: holder token -> its deadline in the
+  server's ms), ``ns:{<tag>}:permits:fence``, ``:permits:queue``, ``:permits:waiters`` and
+  ``:permits:tokens`` (hash: holder token -> ``"<fencing token> "``);
+- an election: the same five keys with ``:leader`` instead of ``:permits``; at most one holder, the
+  leader, whose ``:leader:tokens`` entry is ``"<fencing token> <value>"``.
+
+The tag ends at the first ``}``, which the escaping keeps out of ``<tag>``; so what follows it tells the
+spaces apart, and no key of one space of a name is a key of another space or of another name: a lock
+named ``x:permits`` is ``ns:{x:permits}``, never ``ns:{x}:permits``. Every key of a name, whatever its
+space, lives in the slot of ``<tag>``. Each space's key is also its pub/sub channel.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 __all__ = [
+    "COORD_EXTEND",
+    "COORD_LEAVE",
+    "COORD_OBTAIN",
+    "COORD_RELEASE",
+    "COORD_REMAINING",
     "EXTEND",
     "INSPECT",
+    "LEADER",
+    "LEADER_SPACE",
     "LEAVE",
+    "LOCKS",
     "OBTAIN",
+    "PERMIT_SPACE",
+    "PROCLAIM",
     "RELEASE",
     "REMAINING",
     "TOUCH",
     "WAITER_TTL_MS",
     "Keys",
     "Script",
+    "Space",
     "holder_of",
     "ms",
     "owner",
@@ -206,6 +234,188 @@ return {0, -2, fence, ''}
 """)
 
 
+# --- semaphores and elections ------------------------------------------------------------------------
+# The same queue as a lock's (the prelude's waiting/leave/keep), served by rank rather than by hand-off: a
+# contender may hold while the live holders plus the live waiters queued ahead of it are fewer than its
+# limit (an election is the limit 1). KEYS[1] holders (zset: token -> deadline in server ms), KEYS[2]
+# fence counter, KEYS[3] queue and KEYS[4] waiters' deadlines (as for a lock; a waiter's member is
+# "<token>/<limit>", so that whoever serves the queue knows each waiter's limit), KEYS[5] tokens (hash:
+# holder token -> "<fencing token> <value>"). ARGV[1] token, ARGV[2] WAITER_TTL_MS, ARGV[3] limit, ARGV[4]
+# "1" if observers follow the name (an election), ARGV[5] TTL in ms, ARGV[6] value.
+#
+# A change that may let waiters hold (a release, a waiter leaving) publishes "<token> 0" for each waiter
+# that fits now on KEYS[1]; a change of who leads or of the value publishes "* 0" for the observers. (The
+# shape of a lock's "<token> <fencing token>": nothing is handed over, so no fencing token, and whoever
+# reads the first or the last word of a lock's message reads these alike.) An expiry
+# announces nothing: every Busy reply says when the next holder or waiter ahead may expire.
+_COORD_PRELUDE = (
+    _PRELUDE
+    + """
+local me = ARGV[1] .. '/' .. ARGV[3]
+-- The live holders' count, the expired ones dropped.
+local function holders()
+  local gone = redis.call('zrangebyscore', KEYS[1], '-inf', now)
+  if #gone > 0 then
+    redis.call('zrem', KEYS[1], unpack(gone))
+    redis.call('hdel', KEYS[5], unpack(gone))
+  end
+  return redis.call('zcard', KEYS[1])
+end
+local function next_fence(ttl)
+  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
+  if fence < floor then fence = floor end
+  redis.call('set', KEYS[2], string.format('%d', fence), 'PX', math.max(tonumber(ttl), 60000))
+  return fence
+end
+-- The holders' keys live as long as their last holder.
+local function keep_holders()
+  local last = redis.call('zrange', KEYS[1], -1, -1, 'withscores')[2]
+  redis.call('pexpireat', KEYS[1], last)
+  redis.call('pexpireat', KEYS[5], last)
+end
+local function changed()
+  if ARGV[4] == '1' then redis.call('publish', KEYS[1], '* 0') end
+end
+-- Wake the waiters that may hold now, given ``held`` live holders; their tokens.
+local function wake(held)
+  local woken = {}
+  if not waiting() then return woken end
+  for i, member in ipairs(redis.call('zrange', KEYS[3], 0, -1)) do
+    local token, limit = string.match(member, '^(.*)/(%d+)$')
+    if held + i - 1 < tonumber(limit) then
+      redis.call('publish', KEYS[1], token .. ' 0')
+      woken[#woken + 1] = token
+    end
+  end
+  return woken
+end
+-- Take ``token`` off the holders; whether it held.
+local function drop(token)
+  if redis.call('zrem', KEYS[1], token) == 0 then return false end
+  redis.call('hdel', KEYS[5], token)
+  changed()
+  return true
+end
+"""
+)
+
+# {1, fencing token}: ours now. {0, ms until a holder or a waiter may expire, or -1}: not ours; we are in
+# the queue, at the back the first time.
+COORD_OBTAIN = Script(
+    _COORD_PRELUDE
+    + """
+local held = holders()
+local entry = redis.call('hget', KEYS[5], ARGV[1])
+if entry then
+  redis.call('zadd', KEYS[1], 'XX', now + tonumber(ARGV[5]), ARGV[1])
+  keep_holders()
+  return {1, tonumber(string.match(entry, '^(%d+)'))}
+end
+local position = 0
+if waiting() then
+  position = redis.call('zrank', KEYS[3], me) or redis.call('zcard', KEYS[3])
+end
+if held + position < tonumber(ARGV[3]) then
+  leave(me)
+  local fence = next_fence(ARGV[5])
+  redis.call('zadd', KEYS[1], now + tonumber(ARGV[5]), ARGV[1])
+  redis.call('hset', KEYS[5], ARGV[1], string.format('%d', fence) .. ' ' .. (ARGV[6] or ''))
+  keep_holders()
+  changed()
+  return {1, fence}
+end
+if not redis.call('zscore', KEYS[3], me) then
+  local last = redis.call('zrange', KEYS[3], -1, -1, 'withscores')[2]
+  redis.call('zadd', KEYS[3], (tonumber(last) or 0) + 1, me)
+end
+keep(me)
+local soonest = tonumber(redis.call('zrange', KEYS[1], 0, 0, 'withscores')[2])
+if position > 0 then
+  local waiter = tonumber(redis.call('zrange', KEYS[4], 0, 0, 'withscores')[2])
+  if not soonest or waiter < soonest then soonest = waiter end
+end
+if not soonest then return {0, -1} end
+return {0, soonest - now}
+"""
+)
+
+# {1, the tokens of the waiters woken} if it was ours (live) and is released; {0} if not.
+COORD_RELEASE = Script(
+    _COORD_PRELUDE
+    + """
+local held = holders()
+if not drop(ARGV[1]) then return {0} end
+return {1, wake(held - 1)}
+"""
+)
+
+# A contender leaves without holding (gave up, cancelled, or its attempt's outcome is unknown): out of the
+# queue, and a permit or term that the unknown attempt took is given back. Whoever may hold now is woken.
+# 1 if it held.
+COORD_LEAVE = Script(
+    _COORD_PRELUDE
+    + """
+local queued = redis.call('zrem', KEYS[3], me) == 1
+leave(me)
+local held = holders()
+local had = drop(ARGV[1])
+if had then held = held - 1 end
+if had or queued then wake(held) end
+if had then return 1 end
+return 0
+"""
+)
+
+# 1 if it was ours (live) and has its full TTL again; an expired holder is never brought back.
+COORD_EXTEND = Script(
+    _COORD_PRELUDE
+    + """
+holders()
+if not redis.call('zscore', KEYS[1], ARGV[1]) then return 0 end
+redis.call('zadd', KEYS[1], 'XX', now + tonumber(ARGV[5]), ARGV[1])
+keep_holders()
+return 1
+"""
+)
+
+# KEYS[1] holders; ARGV[1] token. Remaining ms if it is ours, else -2.
+COORD_REMAINING = Script("""
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(redis.call('zscore', KEYS[1], ARGV[1]))
+if deadline and deadline > now then return deadline - now end
+return -2
+""")
+
+# The leader sets its value: 1 if it still leads, else 0.
+PROCLAIM = Script(
+    _COORD_PRELUDE
+    + """
+holders()
+local entry = redis.call('hget', KEYS[5], ARGV[1])
+if not entry then return 0 end
+redis.call('hset', KEYS[5], ARGV[1], string.match(entry, '^(%d+)') .. ' ' .. ARGV[6])
+changed()
+return 1
+"""
+)
+
+# KEYS[1] holders, KEYS[5] tokens of an election. {"<fencing token> <value>", remaining ms} of the live
+# leader, or {} if nobody leads. Reads only.
+LEADER = Script("""
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local top = redis.call('zrangebyscore', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if #top == 0 then return {} end
+return {redis.call('hget', KEYS[5], top[1]), tonumber(top[2]) - now}
+""")
+
+#: The suffixes of a name's spaces beside its lock (see the module docstring).
+PERMIT_SPACE = ":permits"
+LEADER_SPACE = ":leader"
+
+
 def ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -228,14 +438,65 @@ def owner_of_notice(message: str) -> str:
 
 
 class Keys:
+    """The keys of a name in one space: its lock (``space`` empty), its permits or its election."""
+
     __slots__ = ("all", "fence", "lock")
 
-    def __init__(self, namespace: str, key: str) -> None:
+    def __init__(self, namespace: str, key: str, space: str = "") -> None:
         # The braces make a Cluster hash tag: every key of a lock lives in the slot of the user's key. A
         # "}" in the key would end the tag early (or leave it empty, so that each key hashed whole, into
         # different slots): it is written "%7D", and "%" as "%25" so that no two keys share a name.
         tag = key.replace("%", "%25").replace("}", "%7D")
-        self.lock = f"{namespace}:{{{tag}}}"
+        #: The lock, or the holders of permits or of the leadership; also the space's pub/sub channel.
+        self.lock = f"{namespace}:{{{tag}}}{space}"
         self.fence = self.lock + ":fence"
-        #: What the queue scripts take: the lock, its fence counter, its queue and its waiters' deadlines.
-        self.all = (self.lock, self.fence, self.lock + ":queue", self.lock + ":waiters")
+        #: What the queue scripts take: the lock, its fence counter, its queue and its waiters' deadlines
+        #: (and for permits and leaders, the holders' fencing tokens and values).
+        self.all: tuple[str, ...] = (self.lock, self.fence, self.lock + ":queue", self.lock + ":waiters")
+        if space:
+            self.all += (self.lock + ":tokens",)
+
+
+@dataclass(frozen=True)
+class Space:
+    """What one kind of contender queues for, and how: a lock, or permits or a leadership counted against
+    ``limit`` (an election: limit 1, with the candidate's ``value``, followed by observers)."""
+
+    #: Beside the lock's keys: ``""`` (a lock), ``PERMIT_SPACE`` or ``LEADER_SPACE``.
+    suffix: str = ""
+    limit: int = 1
+    value: str = ""
+
+    @property
+    def coordination(self) -> bool:
+        return bool(self.suffix)
+
+    def keys(self, namespace: str, key: str) -> Keys:
+        return Keys(namespace, key, self.suffix)
+
+    def member(self, token: str) -> str:
+        """The contender's entry in the queue and the waiters' deadlines."""
+        return f"{token}/{self.limit}" if self.coordination else token
+
+    def base(self, token: str) -> tuple[object, ...]:
+        """The arguments every queue script of the space starts with."""
+        if not self.coordination:
+            return (token, WAITER_TTL_MS)
+        return (token, WAITER_TTL_MS, self.limit, "1" if self.suffix == LEADER_SPACE else "0")
+
+    @property
+    def obtain(self) -> Script:
+        return COORD_OBTAIN if self.coordination else OBTAIN
+
+    @property
+    def leave(self) -> Script:
+        return COORD_LEAVE if self.coordination else LEAVE
+
+    def obtain_args(self, token: str, ttl_ms: int) -> tuple[object, ...]:
+        if not self.coordination:
+            return (token, WAITER_TTL_MS, ttl_ms)
+        return (*self.base(token), ttl_ms, self.value)
+
+
+#: The space of locks.
+LOCKS = Space()

@@ -2,7 +2,9 @@
 
 The queue itself lives on the server (see ``scripts``); a release hands the lock to the first waiter
 and publishes its owner string (token and holder label) on the lock's channel, and only that waiter is
-woken.
+woken. The channels of permits and elections name their waiters by token the same way; an election's
+also carries ``"*"`` on every change of its leader, which wakes the channel's watchers (the observers,
+whose names start with ``"*"``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ class Channel:
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def wake(self, owner: str) -> bool:
-        """Wake ``owner`` if it is one of these waiters; whether it is."""
+        """Wake ``owner`` if it is one of these waiters (``"*"``: every watcher); whether it was."""
+        if owner == "*":
+            watchers = [watcher for name, watcher in self.waiters.items() if name.startswith("*")]
+            for watcher in watchers:
+                watcher.set()
+            return bool(watchers)
         signal = self.waiters.get(owner)
         if signal is not None:
             signal.set()
