@@ -258,7 +258,8 @@ async def test_a_killed_leader_is_replaced_and_observers_see_the_new_one(
             async for seen in leaders:
                 if seen is not None and seen.value == "first":
                     break
-        workers.start("second", "--campaign", "second", "--hold", "0", "--ttl", ttl)
+        # It leads for long: observe() may coalesce a short term into the changes around it.
+        second = workers.start("second", "--campaign", "second", "--hold", "600", "--ttl", ttl)
         await workers.queued("second")
         leader.send_signal(signal.SIGKILL)
         leader.wait()
@@ -268,6 +269,6 @@ async def test_a_killed_leader_is_replaced_and_observers_see_the_new_one(
                 values.append(None if seen is None else seen.value)
                 if values[-1] == "second":
                     break
-    assert await workers.finish("second") == {"second": 0}
     assert [s["name"] for s in workers.served()] == ["first", "second"]
     assert "first" not in values, f"a dead leader was reported after a change: {values}"
+    second.send_signal(signal.SIGTERM)
