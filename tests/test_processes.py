@@ -99,12 +99,20 @@ class Workers:
         """Wait until worker ``name`` says it found the lock taken (its first attempt is behind it)."""
         await anyio.to_thread.run_sync(self._read_queued, self.procs[name])
 
+    async def holding(self, name: str) -> None:
+        """Wait until worker ``name`` says it holds (after it said it was queued)."""
+        await anyio.to_thread.run_sync(self._read, self.procs[name], "holding")
+
     @staticmethod
     def _read_queued(proc: subprocess.Popen[str]) -> None:
+        Workers._read(proc, "queued")
+
+    @staticmethod
+    def _read(proc: subprocess.Popen[str], line: str) -> None:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], LIMIT)
-        assert ready, "the worker never said it was queued"
-        assert proc.stdout.readline().strip() == "queued", f"the worker exited with {proc.poll()}"
+        assert ready, f"the worker never said {line!r}"
+        assert proc.stdout.readline().strip() == line, f"the worker exited with {proc.poll()}"
 
     async def finish(self, *names: str) -> dict[str, int]:
         """Wait for the workers to exit; their exit codes."""
@@ -269,6 +277,7 @@ async def test_a_killed_leader_is_replaced_and_observers_see_the_new_one(
                 values.append(None if seen is None else seen.value)
                 if values[-1] == "second":
                     break
+    await workers.holding("second")  # it has written down its term (the observer may see it lead first)
     assert [s["name"] for s in workers.served()] == ["first", "second"]
     assert "first" not in values, f"a dead leader was reported after a change: {values}"
     second.send_signal(signal.SIGTERM)
