@@ -15,10 +15,13 @@ import anyio.abc
 import anyio.lowlevel
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from fastapi import FastAPI
 
 from distlock_async import Options
-from examples import leader_scheduler
+from distlock_async.testing.servers import RedisServer
+from examples import leader_scheduler, rate_limit
 
 from .helpers import Backend
 
@@ -176,3 +179,197 @@ async def test_leader_scheduler_hands_over_when_the_leader_shuts_down(coordinati
     assert [name for name, _ in runs] == order
     tokens = [token for _, token in runs]
     assert tokens == sorted(set(tokens))
+
+
+# --- rate limiting: examples/rate_limit.py ----------------------------------------------------------------
+
+
+class Partner:
+    """A stand-in for the partner's API: counts the requests it has open at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.peak = 0
+        self.served: list[str] = []
+        self.reached = anyio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            if self.open == self.limit:
+                self.reached.set()
+            # The first requests stay open until ``limit`` are open at once: a semaphore that let fewer
+            # through would fail the test here, without depending on how fast anything runs.
+            with anyio.fail_after(LIMIT):
+                await self.reached.wait()
+            await anyio.sleep(0.002)  # stay open a little, so that later requests overlap too
+        finally:
+            self.open -= 1
+        self.served.append(request.query_string)
+        return web.json_response({"page": request.query["page"]})
+
+
+async def test_rate_limit_keeps_at_most_k_calls_in_flight_across_replicas(coordination: Backend) -> None:
+    """Three replicas, each with its own locker and HTTP client, send ten requests each, all at once; the
+    partner never has more than three open, has three open at some point, and serves every request once."""
+    k = 3
+    partner = Partner(k)
+    app = web.Application()
+    app.router.add_get("/", partner.handle)
+    name = f"partner{next(_unique)}"
+    async with TestServer(app) as server:
+        base_url = str(server.make_url(""))
+
+        async def replica(n: int) -> None:
+            locker = coordination.locker()
+            async with httpx.AsyncClient(base_url=base_url) as client:
+                pages = [f"/?page={n}-{i}" for i in range(10)]
+                responses = await rate_limit.fetch_all(locker, client, pages, limit=k, name=name)
+            assert [r.json()["page"] for r in responses] == [f"{n}-{i}" for i in range(10)]
+
+        with anyio.fail_after(LIMIT):
+            async with anyio.create_task_group() as replicas_:
+                for n in range(3):
+                    replicas_.start_soon(replica, n)
+    assert partner.peak == k
+    assert sorted(partner.served) == sorted(f"page={n}-{i}" for n in range(3) for i in range(10))
+
+
+# --- arq: examples/arq_job_once.py ------------------------------------------------------------------------
+
+
+class Runs:
+    """What the jobs' work did: every run's fencing token in order, and how often two ran at once."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.running = 0
+        self.overlaps = 0
+
+    @asynccontextmanager
+    async def run(self, fencing_token: int) -> AsyncIterator[None]:
+        self.overlaps += self.running > 0
+        self.running += 1
+        self.tokens.append(fencing_token)
+        try:
+            yield
+        finally:
+            self.running -= 1
+
+
+def arq_on_new_redis(test: Callable[..., Any]) -> Callable[..., Any]:
+    """arq calls redis-py in ways that redis-py 5.0.1 and 6 deprecated (it pins redis<6: see
+    docs/howto/jobs.md); the suite turns warnings into errors, so these two are let through."""
+    closing = pytest.mark.filterwarnings("ignore:Call to deprecated close.:DeprecationWarning")
+    connecting = pytest.mark.filterwarnings(
+        "ignore:Call to '__init__' function with deprecated usage of input argument/s 'retry_on_timeout'"
+        ":DeprecationWarning"
+    )
+    marked: Callable[..., Any] = connecting(closing(test))
+    return marked
+
+
+async def run_arq_workers(
+    coordination: Backend, redis_server: RedisServer, jobs: list[tuple[str, tuple[Any, ...]]], **worker: Any
+) -> list[Any]:
+    """Enqueue ``jobs`` on a fresh queue, run three arq workers (each with a locker of its own) until the queue is
+    empty, and return each job's result, in the order enqueued."""
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from arq.worker import Worker
+
+    from examples import arq_job_once
+
+    settings = RedisSettings(host="127.0.0.1", port=redis_server.port)
+    queue_name = f"arq:queue{next(_unique)}"
+    queue = await create_pool(settings, default_queue_name=queue_name)
+    try:
+        enqueued = [await queue.enqueue_job(function, *args) for function, args in jobs]
+        workers = [
+            Worker(
+                functions=[arq_job_once.rebuild_search_index, arq_job_once.settle_account],
+                queue_name=queue_name,
+                redis_settings=settings,
+                burst=True,  # stop once the queue is empty
+                handle_signals=False,
+                poll_delay=0.01,
+                ctx={"locker": coordination.locker()},
+                **worker,
+            )
+            for _ in range(3)
+        ]
+        try:
+            with anyio.fail_after(LIMIT):
+                async with anyio.create_task_group() as tasks:
+                    for w in workers:
+                        tasks.start_soon(w.async_run)
+        finally:
+            for w in workers:
+                await w.close()
+        return [await job.result(timeout=LIMIT) for job in enqueued if job is not None]
+    finally:
+        await queue.aclose()
+
+
+@arq_on_new_redis
+async def test_arq_settlements_run_one_at_a_time_across_workers_and_none_is_lost(
+    coordination: Backend, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples import arq_job_once
+
+    runs = Runs()
+    workers_started: set[int] = set()
+    all_started = anyio.Event()
+
+    async def job_started(ctx: dict[str, Any]) -> None:
+        workers_started.add(id(ctx["locker"]))
+        if len(workers_started) == 3:
+            all_started.set()
+
+    async def settle(account: str, fencing_token: int) -> None:
+        async with runs.run(fencing_token):
+            # The first settlement holds the account until every worker has started one (a worker takes
+            # at most 4 of the 12): the others wait for their turn on every worker.
+            await all_started.wait()
+
+    monkeypatch.setattr(arq_job_once, "settle", settle)
+    results = await run_arq_workers(
+        coordination, redis_server, [("settle_account", ("acct-42",))] * 12, max_jobs=4, on_job_start=job_started
+    )
+    assert len(workers_started) == 3
+    assert results == ["settled acct-42"] * 12  # none lost, none failed
+    assert runs.overlaps == 0
+    assert len(runs.tokens) == 12
+    assert runs.tokens == sorted(set(runs.tokens))  # one holder after another
+
+
+@arq_on_new_redis
+async def test_arq_rebuild_runs_once_and_the_jobs_that_find_it_running_skip(
+    coordination: Backend, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six rebuilds at once on three workers: the first holds the lock until the other five have ended, which
+    all skipped."""
+    from examples import arq_job_once
+
+    runs = Runs()
+    ended = 0
+    others_ended = anyio.Event()
+
+    async def job_ended(ctx: dict[str, Any]) -> None:
+        nonlocal ended
+        ended += 1
+        if ended == 5:
+            others_ended.set()
+
+    async def rebuild(fencing_token: int) -> None:
+        async with runs.run(fencing_token):
+            await others_ended.wait()
+
+    monkeypatch.setattr(arq_job_once, "rebuild", rebuild)
+    results = await run_arq_workers(
+        coordination, redis_server, [("rebuild_search_index", ())] * 6, on_job_end=job_ended
+    )
+    assert sorted(results) == ["rebuilt"] + ["skipped: another worker is rebuilding"] * 5
+    assert len(runs.tokens) == 1
