@@ -5,6 +5,7 @@ time only bounds the waits."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from distlock_async import Options
 from distlock_async.testing.servers import RedisServer
 from examples import leader_scheduler, rate_limit
 
-from .helpers import Backend
+from .helpers import Backend, log_event
 
 pytestmark = pytest.mark.anyio
 
@@ -33,11 +34,16 @@ LIMIT = 20.0
 _unique = itertools.count()
 
 
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+async def until(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
     """Wait (bounded) until ``condition()`` holds; fail naming ``what`` if it never does."""
+
+    async def holds() -> bool:
+        result = condition()
+        return await result if inspect.isawaitable(result) else result
+
     try:
         with anyio.fail_after(LIMIT):
-            while not await condition():  # noqa: ASYNC110 - other replicas' state, read over HTTP
+            while not await holds():  # noqa: ASYNC110 - other replicas' state, read over HTTP
                 await anyio.sleep(0.01)
     except TimeoutError:
         pytest.fail(f"never happened: {what}")
@@ -373,3 +379,84 @@ async def test_arq_rebuild_runs_once_and_the_jobs_that_find_it_running_skip(
     )
     assert sorted(results) == ["rebuilt"] + ["skipped: another worker is rebuilding"] * 5
     assert len(runs.tokens) == 1
+
+
+# --- APScheduler 4: examples/apscheduler_job_once.py ------------------------------------------------------
+
+
+@asynccontextmanager
+async def schedulers(coordination: Backend, period: float) -> AsyncIterator[None]:
+    """Three replicas, each an APScheduler of its own with a locker of its own and the example's schedules."""
+    from apscheduler import AsyncScheduler
+
+    from examples import apscheduler_job_once
+
+    stop = anyio.Event()
+
+    async def replica(name: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with coordination.locker(Options(holder=name)) as locker, AsyncScheduler() as scheduler:
+            await apscheduler_job_once.add_schedules(scheduler, locker, name, period)
+            await scheduler.start_in_background()
+            task_status.started()
+            await stop.wait()
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(3):
+            await tasks.start(replica, f"replica-{n}")
+        try:
+            yield
+        finally:
+            stop.set()
+
+
+async def test_apscheduler_refresh_runs_on_one_replica_at_a_time_and_the_others_skip(
+    coordination: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples import apscheduler_job_once
+
+    runs = Runs()
+    skips = 0
+    others_skipped = anyio.Event()
+
+    async def refresh(fencing_token: int) -> None:
+        async with runs.run(fencing_token):
+            if len(runs.tokens) == 1:
+                await others_skipped.wait()  # the first run holds the lock until both other replicas skipped
+
+    async def skipped(job: str) -> None:
+        nonlocal skips
+        skips += job == "refresh_exchange_rates"
+        if skips == 2:
+            others_skipped.set()
+
+    monkeypatch.setattr(apscheduler_job_once, "refresh", refresh)
+    monkeypatch.setattr(apscheduler_job_once, "skipped", skipped)
+    async with schedulers(coordination, period=0.02):
+        await until(lambda: len(runs.tokens) >= 4, "four refreshes")
+    assert skips >= 2
+    assert runs.overlaps == 0
+    assert runs.tokens == sorted(set(runs.tokens))
+
+
+async def test_apscheduler_flushes_wait_their_turn_and_every_replica_flushes(
+    coordination: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples import apscheduler_job_once
+
+    runs = Runs()
+    flushed: list[str] = []
+
+    async def flush(replica: str, fencing_token: int) -> None:
+        async with runs.run(fencing_token):
+            flushed.append(replica)
+            if len(flushed) == 1:
+                with log_event("is held by another owner; waiting") as waiting, anyio.fail_after(LIMIT):
+                    await waiting.wait()  # another replica queued behind this flush
+
+    monkeypatch.setattr(apscheduler_job_once, "flush", flush)
+    async with schedulers(coordination, period=0.5):
+        await until(lambda: len(set(flushed)) == 3, "a flush by every replica")
+    # The replica that waited ran right after the holder released, in its own turn, never alongside.
+    assert flushed[1] != flushed[0]
+    assert runs.overlaps == 0
+    assert runs.tokens == sorted(set(runs.tokens))
