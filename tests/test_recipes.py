@@ -18,11 +18,12 @@ import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from apscheduler import AsyncScheduler
 from fastapi import FastAPI
 
 from distlock_async import Options
 from distlock_async.testing.servers import RedisServer
-from examples import leader_scheduler, rate_limit
+from examples import apscheduler_job_once, leader_scheduler, rate_limit
 
 from .helpers import Backend, log_event
 
@@ -282,6 +283,7 @@ async def run_arq_workers(
 ) -> list[Any]:
     """Enqueue ``jobs`` on a fresh queue, run three arq workers (each with a locker of its own) until the queue is
     empty, and return each job's result, in the order enqueued."""
+    pytest.importorskip("arq", reason="arq goes in with --no-deps (pyproject.toml, group arq-no-deps)")
     from arq import create_pool
     from arq.connections import RedisSettings
     from arq.worker import Worker
@@ -387,10 +389,6 @@ async def test_arq_rebuild_runs_once_and_the_jobs_that_find_it_running_skip(
 @asynccontextmanager
 async def schedulers(coordination: Backend, period: float) -> AsyncIterator[None]:
     """Three replicas, each an APScheduler of its own with a locker of its own and the example's schedules."""
-    from apscheduler import AsyncScheduler
-
-    from examples import apscheduler_job_once
-
     stop = anyio.Event()
 
     async def replica(name: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -412,8 +410,6 @@ async def schedulers(coordination: Backend, period: float) -> AsyncIterator[None
 async def test_apscheduler_refresh_runs_on_one_replica_at_a_time_and_the_others_skip(
     coordination: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from examples import apscheduler_job_once
-
     runs = Runs()
     skips = 0
     others_skipped = anyio.Event()
@@ -441,8 +437,6 @@ async def test_apscheduler_refresh_runs_on_one_replica_at_a_time_and_the_others_
 async def test_apscheduler_flushes_wait_their_turn_and_every_replica_flushes(
     coordination: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from examples import apscheduler_job_once
-
     runs = Runs()
     flushed: list[str] = []
 
