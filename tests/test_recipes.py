@@ -113,12 +113,13 @@ class Replicas:
         return answers
 
     async def leader_with_ticks(self, ticks: int) -> str | None:
-        """The leader that every running replica reports, once it has run ``ticks`` ticks; else ``None``."""
+        """The running replica that every running replica reports as leader, once it has run ``ticks`` ticks."""
         leaders = {report["leader"] for report in (await self.reports()).values()}
         if len(leaders) != 1:
             return None
         (leader,) = leaders
-        return leader if leader is not None and self.ticks_of(leader) >= ticks else None
+        # A replica that shut down may still be reported for a moment: observations follow, they do not poll.
+        return leader if leader in self.clients and self.ticks_of(leader) >= ticks else None
 
     async def wait_for_leader(self, ticks: int = 3) -> str:
         found: list[str] = []
