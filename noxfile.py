@@ -30,6 +30,14 @@ def _install(session: nox.Session, *groups: str, project: bool = True) -> None:
         session.install(".", *requirements)
     else:
         session.install(*requirements)
+    if "pytest" in {Requirement(req).name for req in requirements}:  # the tests group, or one that includes it
+        _install_arq(session)
+
+
+def _install_arq(session: nox.Session) -> None:
+    """arq, for examples/arq_job_once.py: it pins redis<6, which our redis>=7.4.1 excludes, so it goes in
+    without its dependencies (it runs on the newer redis-py)."""
+    session.install("--no-deps", *nox.project.dependency_groups(PYPROJECT, "arq-no-deps"))
 
 
 #: Server binaries the tests start (and etcdctl, the Go client of the interop test): the Debian package

@@ -26,7 +26,7 @@ What a block's fence says decides what happens to it:
 - ``python title="test_….py"``: a pytest module of the user's suite; run by pytest in a subprocess with
   pytest-asyncio in strict mode and this package's pytest plugin, and every test in it must pass.
 - a block that only includes a file (``--8<-- "examples/….py"``, any language): the file is one of
-  ``examples/``, which ``tests/test_examples.py`` imports and runs.
+  ``examples/``, which ``tests/test_examples.py`` or ``tests/test_recipes.py`` imports and runs.
 - ``sh``, ``bash``, ``console``: shell. Every ``distlock …`` or ``python -m distlock_async …`` command in
   it (after ``$ `` in ``console``) must parse with the command line's own argument parser.
 - ``text``: output, diagrams, crontabs; not run.
@@ -60,6 +60,8 @@ SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
 INCLUDE = re.compile(r'\A--8<-- "(?P<path>[^"]+)"\n\Z')
 SHELL = {"sh", "bash", "console"}
+#: The test modules that import and run ``examples/``.
+EXAMPLE_RUNNERS = ("test_examples.py", "test_recipes.py")
 NOT_PYTHON = {"text", *SHELL}
 
 
@@ -241,8 +243,9 @@ def test_included_example_is_run_by_the_examples_test(block: Block) -> None:
     path = Path(match["path"])
     assert path.parent == Path("examples"), f"{block.where} includes {path}, not a file of examples/"
     assert (ROOT / path).is_file()
-    runner = (ROOT / "tests" / "test_examples.py").read_text(encoding="utf-8")
-    assert re.search(rf"^from examples import .*\b{path.stem}\b", runner, re.M), f"{path} is not tested"
+    runners = "\n".join((ROOT / "tests" / name).read_text(encoding="utf-8") for name in EXAMPLE_RUNNERS)
+    # At the top of the module, or in a test (an example whose library the tests group cannot pin).
+    assert re.search(rf"^ *from examples import .*\b{path.stem}\b", runners, re.M), f"{path} is not tested"
 
 
 # --- shell -----------------------------------------------------------------------------------------------
