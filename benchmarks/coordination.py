@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from distlock_async.testing.servers import EtcdServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "bench-s"
+_runs = itertools.count()
 
 
 def _url(backend: str, address: str) -> str:
@@ -63,8 +66,8 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
 # --- S: a semaphore --------------------------------------------------------------------------------------
 
 
-async def _permit_worker(url: str, tasks: int, limit: int, seconds: float, hold: float) -> dict[str, Any]:
-    locker = from_url(url, Options(ttl=10))
+async def _permit_worker(url: str, name: str, tasks: int, limit: int, seconds: float, hold: float) -> dict[str, Any]:
+    locker = from_url(url, Options(ttl=10, retry_delay=float(os.environ.get("BENCH_RETRY_DELAY", "0.1"))))
     async with locker:
         # Once outside the measurement: connections, scripts and leases are ready.
         await (await locker.obtain_permit(f"{NAME}-warm-up-{os.getpid()}", limit)).release()
@@ -78,12 +81,14 @@ async def _permit_worker(url: str, tasks: int, limit: int, seconds: float, hold:
         async def task(me: int) -> None:
             while time.monotonic() < stop:
                 asked = waiting[me] = time.monotonic()
-                permit = await locker.obtain_permit(NAME, limit, timeout=float("inf"))
+                permit = await locker.obtain_permit(name, limit, timeout=float("inf"))
                 del waiting[me]
                 got = time.monotonic()
-                await asyncio.sleep(hold)
-                done = time.monotonic()
-                await permit.release()
+                try:
+                    await asyncio.sleep(hold)
+                finally:  # also when the run ends during the hold: the next run starts with every permit free
+                    done = time.monotonic()
+                    await permit.release()
                 records.append((asked, got, done))
 
         runners = [asyncio.ensure_future(task(n)) for n in range(tasks)]
@@ -136,8 +141,9 @@ def semaphore(
     hold: float = 0.001,
 ) -> dict[str, Any]:
     url = _url(backend, address)
+    name = f"{NAME}-{os.getpid()}-{next(_runs)}"  # a semaphore of its own per run
     common = ["--tasks", str(tasks), "--limit", str(limit), "--seconds", str(seconds), "--hold", str(hold)]
-    workers = [_spawn("permits", url, *common) for _ in range(processes)]
+    workers = [_spawn("permits", url, name, *common) for _ in range(processes)]
     try:
         for worker in workers:
             assert worker.stdout is not None
@@ -204,6 +210,15 @@ async def _observer(url: str, name: str) -> None:
     async with from_url(url) as locker, locker.election(name).observe() as leaders:
         async for leader in leaders:
             print(json.dumps({"at": time.monotonic(), "value": None if leader is None else leader.value}), flush=True)
+
+
+async def _until_sigterm(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until it ends or SIGTERM comes (the parent ends its observer and candidates so: they
+    resign and close on the way out)."""
+    task = asyncio.ensure_future(work)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _read_until(proc: subprocess.Popen[str], wanted: Any, deadline: float) -> dict[str, Any]:
@@ -277,6 +292,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command")
     permits = sub.add_parser("permits")
     permits.add_argument("url")
+    permits.add_argument("name")
     for option in ("--tasks", "--limit"):
         permits.add_argument(option, type=int, required=True)
     for option in ("--seconds", "--hold"):
@@ -294,17 +310,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     if args.command == "permits":
-        out = asyncio.run(_permit_worker(args.url, args.tasks, args.limit, args.seconds, args.hold))
+        out = asyncio.run(_permit_worker(args.url, args.name, args.tasks, args.limit, args.seconds, args.hold))
         print(json.dumps(out))
         return
     if args.command in ("campaign", "observe"):
-        # SIGTERM ends them cleanly (the observer's parent stops it between runs).
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        with contextlib.suppress(KeyboardInterrupt, SystemExit):
-            if args.command == "campaign":
-                asyncio.run(_candidate(args.url, args.name, args.value, args.ttl))
-            else:
-                asyncio.run(_observer(args.url, args.name))
+        work = (
+            _candidate(args.url, args.name, args.value, args.ttl)
+            if args.command == "campaign"
+            else _observer(args.url, args.name)
+        )
+        asyncio.run(_until_sigterm(work))
         return
     results: dict[str, Any] = {}
     for backend in args.backend or ["redis", "etcd"]:

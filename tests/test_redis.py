@@ -424,6 +424,53 @@ async def test_a_release_wakes_a_waiter_in_another_locker(redis_server: RedisSer
     await client_b.aclose()
 
 
+async def test_a_waiter_that_arrives_while_the_wake_up_connection_is_dropped_is_still_woken(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last waiter of a locker leaves (it got its lock) and the locker drops its wake-up connection;
+    a new waiter arrives while that is under way. Its subscription must go out on a new connection, not on
+    the closing one, or no release ever wakes it (it used to wait for its retry slot: about 1 in 50 waits of
+    the four-process semaphore benchmark took the whole retry delay). The drop is held open by the test so
+    that the new waiter arrives inside it; its retry slot is a minute away, so only a wake-up serves it."""
+    client_a, client_b = client_for(redis_server.port), client_for(redis_server.port)
+    holder = RedisLocker(client_a, namespace="churn")
+    mine = RedisLocker(client_b, namespace="churn")
+    first, second = await holder.obtain("k1"), await holder.obtain("k2")
+    with log_event("subscribed to 'churn:{k1}'") as subscribed:
+        a = asyncio.ensure_future(mine.obtain("k1", max_retries=1, retry_delay=60))
+        await asyncio.wait_for(subscribed.wait(), 10)
+
+    subscriber = mine._driver_.subscriber
+    dropping, proceed = asyncio.Event(), asyncio.Event()
+    drop = subscriber._drop_pubsub
+
+    async def held_drop() -> None:
+        dropping.set()
+        await proceed.wait()
+        await drop()
+
+    monkeypatch.setattr(subscriber, "_drop_pubsub", held_drop)
+    await first.release()  # a gets k1; the locker's last waiter is gone, so it drops its connection
+    await asyncio.wait_for(dropping.wait(), 10)  # (a's obtain ends once the drop is over)
+    with log_event("is held by another owner; waiting") as queued:
+        b = asyncio.ensure_future(mine.obtain("k2", max_retries=1, retry_delay=60))
+        await asyncio.wait_for(queued.wait(), 10)
+    for _ in range(20):
+        await asyncio.sleep(0)  # b asks to subscribe now, while the old connection is being dropped
+    with log_event("subscribed to 'churn:{k2}'") as resubscribed:
+        proceed.set()
+        got_a = await asyncio.wait_for(a, 10)
+        await asyncio.wait_for(resubscribed.wait(), 10)
+    await second.release()
+    got_b = await asyncio.wait_for(b, 10)  # far below the 60 s retry slot: the release woke it
+    for lock in (got_a, got_b):
+        await lock.release()
+    for locker in (holder, mine):
+        await locker.aclose()
+    await client_a.aclose()
+    await client_b.aclose()
+
+
 async def test_a_release_hands_the_lock_to_the_queued_waiter_with_its_holder_label(redis_server: RedisServer) -> None:
     """The hand-off writes the head waiter's owner string (token and label) as the lock's value, and the
     message on the lock's channel names it whole, spaces in the label included."""

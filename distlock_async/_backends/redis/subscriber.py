@@ -75,6 +75,14 @@ class Subscriber:
         """Add a waiter; ``True`` once its channel is subscribed (so the caller rechecks the lock: a
         release may have handed it over before the subscription)."""
         queue = self.queues.get(channel)
+        if queue is None:
+            # The last waiter just left and the connection is being dropped: a subscription sent now would
+            # go out on the connection that is closing, and this channel would never hear a release.
+            # Subscribe once the stop is over, on a new connection.
+            while self._stopping.locked():
+                async with self._stopping:
+                    pass
+            queue = self.queues.get(channel)
         if queue is not None:
             queue.waiters[owner] = signal
         else:
