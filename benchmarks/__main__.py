@@ -30,7 +30,7 @@ import redis
 
 from distlock_async.testing.servers import EtcdServer, RedisServer
 
-from . import fairness, report
+from . import coordination, fairness, report
 from .adapters import Adapter, etcd_adapters, redis_adapters
 from .scenarios import contended, etcd_wire_cost, redis_wire_cost, revoke_unused_leases, uncontended
 
@@ -197,6 +197,11 @@ def _scale(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _coordination_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Scenarios S and L: as long as F per adapter; 10 failovers (3 in a smoke run)."""
+    return {"seconds": args.fairness_seconds, "runs": 3 if args.quick else 10}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of scenarios A and B (default 5)")
@@ -224,6 +229,7 @@ def main() -> None:
         results["redis"] = asyncio.run(_redis(server.url, args))
         results["redis"]["E"] = _scale(server.url, args)
         results["redis"]["F"] = fairness.run_backend("redis", server.url, seconds=args.fairness_seconds)
+        results["redis"].update(coordination.run_backend("redis", server.url, **_coordination_settings(args)))
     finally:
         server.cleanup()
     # etcd as in production: default raft timers, fsync on every commit.
@@ -234,6 +240,7 @@ def main() -> None:
         results["etcd"] = asyncio.run(_etcd(etcd, args))
         results["etcd"]["E"] = _scale(f"etcd://{etcd.endpoint}", args)
         results["etcd"]["F"] = fairness.run_backend("etcd", etcd.endpoint, seconds=args.fairness_seconds)
+        results["etcd"].update(coordination.run_backend("etcd", etcd.endpoint, **_coordination_settings(args)))
     finally:
         etcd.cleanup()
 

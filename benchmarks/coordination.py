@@ -6,8 +6,8 @@ semaphore of ``--limit`` permits, hold it ``--hold`` seconds and give it back, o
 monotonic clock (one clock for every process on Linux), so the parent computes: permits per second,
 the most permits held at one instant (must be at most ``limit``), each process's share, waits (p50, p99,
 max). The raw bound is what the same server allows for that hold: ``limit / (hold + 2 round trips)``,
-with the round trip measured in the same run (a ``PING`` on Redis, a ``Range`` on etcd): an acquire
-and a release cost one round trip each at the least.
+with the round trip measured in the same run (a ``PING`` on Redis, a ``Put`` on etcd, whose writes wait
+for the disk): an acquire and a release cost one round trip each at the least.
 
 L (election failover): a leader process campaigns and leads; two candidates wait; an observer process
 follows the election. The parent kills the leader (``SIGKILL``: it resigns nothing) and the observer
@@ -102,7 +102,7 @@ async def _permit_worker(url: str, name: str, tasks: int, limit: int, seconds: f
 
 
 async def _round_trip(url: str) -> float:
-    """The median of 200 round trips of the cheapest request to the server."""
+    """The median of 200 round trips of the cheapest request of an acquire's kind to the server."""
     samples = []
     if url.startswith("etcd://"):
         import aetcd
@@ -112,7 +112,7 @@ async def _round_trip(url: str) -> float:
         try:
             for _ in range(200):
                 started = time.perf_counter()
-                await client.get(b"bench-round-trip")
+                await client.put(b"bench-round-trip", b"")  # a write, as acquire and release are
                 samples.append(time.perf_counter() - started)
         finally:
             await client.close()

@@ -209,6 +209,37 @@ def markdown(results: dict[str, Any]) -> str:
                 ),
                 "",
             ]
+        sem = data.get("S")
+        if sem:
+            lines += [
+                "S (a semaphore of 4 permits; 4 processes x 4 tasks, each process with its own locker, hold 1 ms): "
+                "permits per second against the server's raw bound (limit / (hold + 2 round trips), the round "
+                "trip measured in the same run), the most permits held at one instant, the processes' min/max "
+                "share, waits.",
+                "",
+                *_table(
+                    ["permits/s", "raw bound/s", "of bound", "most held", "min/max share", "wait p50 / p99 / max ms"],
+                    [
+                        [
+                            f"{sem['permits_per_s']:.0f}",
+                            f"{sem['raw_bound_per_s']:.0f}",
+                            f"{sem['of_bound']:.2f}",
+                            f"{sem['most_held_at_once']} of {sem['limit']}",
+                            f"{sem['min_over_max']:.2f}",
+                            f"{sem['wait_p50_ms']:.1f} / {sem['wait_p99_ms']:.1f} / {sem['wait_max_ms']:.0f}",
+                        ]
+                    ],
+                ),
+                "",
+            ]
+        failover = data.get("L")
+        if failover:
+            lines += [
+                f"L (election failover: the leader's process killed with SIGKILL, TTL {failover['ttl_s']:g} s, "
+                f"{failover['runs']} runs): an observer in another process saw the next candidate lead after "
+                f"{failover['failover_median_s']:.2f} s (median), {failover['failover_max_s']:.2f} s at most.",
+                "",
+            ]
         e = data.get("E")
         if e:
             left = ", ".join(
