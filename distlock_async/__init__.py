@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._backends.memory import MemoryLocker, MemoryStore
 from ._errors import BackendError, DistlockError, LockLostError, LockNotHeldError, NotObtainedError
 from ._options import EtcdOptions, Options
-from ._protocols import Election, KeyState, Leader, Lock, Locker, Observation, Refresher, Term
+from ._protocols import Election, KeyState, Leader, Lock, Locker, Observation, Refresher, SemaphoreState, Term
 from ._url import from_url
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ __all__ = [
     "Options",
     "RedisLocker",
     "Refresher",
+    "SemaphoreState",
     "Term",
     "from_url",
 ]

@@ -48,7 +48,7 @@ STATUS_EXIT_CODES = """\
 exit codes:
   0      the status was shown, held or free
   2      bad usage: unknown option, bad URL, memory:// (its locks live inside one process),
-         a backend that cannot show a lock's status
+         a backend that cannot show a lock's status or has no semaphores, a bad name
   4      the backend is unavailable
 """
 
@@ -215,12 +215,19 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         parents=[url],
-        help="show whether a lock is held, by whom, its remaining TTL and fencing counter",
+        help="show whether a lock is held, by whom, its remaining TTL and fencing counter; or a semaphore's "
+        "permits, or an election's leader",
+        usage="distlock status [options] (KEY | --semaphore NAME | --election NAME)",
         epilog=STATUS_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
-    status.add_argument("key", metavar="KEY", help="the lock's key")
+    which = status.add_mutually_exclusive_group()
+    which.add_argument("key", metavar="KEY", nargs="?", help="the lock's key")
+    which.add_argument(
+        "--semaphore", metavar="NAME", help="show the semaphore NAME instead: its permits held, by whom, its waiters"
+    )
+    which.add_argument("--election", metavar="NAME", help="show the leader of the election NAME instead")
 
     demo = commands.add_parser(
         "demo",
@@ -333,6 +340,51 @@ async def _status(url: str, key: str, as_json: bool, out: TextIO) -> int:
         out.write(f"{key!r} {held}, with no expiry; {counter}\n")
     else:
         out.write(f"{key!r} {held}, {state.ttl:.3f} s left; {counter}\n")
+    return EXIT_OK
+
+
+async def _status_of(args: argparse.Namespace, out: TextIO) -> int:
+    """``distlock status``: of a lock, a semaphore (``--semaphore``) or an election (``--election``)."""
+    if args.semaphore is not None:
+        return await _status_semaphore(args.url, args.semaphore, args.json, out)
+    if args.election is not None:
+        return await _status_election(args.url, args.election, args.json, out)
+    if args.key is None:
+        raise _UsageError("status needs what to show: KEY (a lock), --semaphore NAME or --election NAME")
+    return await _status(args.url, args.key, args.json, out)
+
+
+async def _status_semaphore(url: str, name: str, as_json: bool, out: TextIO) -> int:
+    _refuse_memory(url, "status")
+    async with from_url(url) as locker:
+        try:
+            state = await locker.inspect_semaphore(name)
+        except NotImplementedError:
+            raise _UsageError(f"the backend of {redact_url(url)} has no semaphores") from None
+    if as_json:
+        doc = {
+            "name": name,
+            "held": state.held,
+            "holders": list(state.holders),
+            "waiting": state.waiting,
+            "fencing_counter": state.fencing_counter,
+        }
+        out.write(json.dumps(doc) + "\n")
+        return EXIT_OK
+    permits = "1 permit" if state.held == 1 else f"{state.held} permits"
+    by = ""
+    if state.holders:
+        by = " (by " + ", ".join("one without a label" if h is None else repr(h) for h in state.holders) + ")"
+    counter = "no fencing counter kept" if state.fencing_counter is None else f"fencing counter {state.fencing_counter}"
+    out.write(f"{name!r}: {permits} held{by}, {state.waiting} waiting; {counter}\n")
+    return EXIT_OK
+
+
+async def _status_election(url: str, name: str, as_json: bool, out: TextIO) -> int:
+    _refuse_memory(url, "status")
+    async with from_url(url) as locker:
+        leader = await locker.election(name).leader()
+    _show_leader(name, leader, as_json, out)  # as ``distlock leader NAME`` prints it
     return EXIT_OK
 
 
@@ -816,7 +868,7 @@ def _main(args: argparse.Namespace) -> int:
             live = not args.plain and _live(sys.stdout)
             return asyncio.run(_demo(args.url, args.workers, args.rounds, args.hold, args.key, sys.stdout, live))
         if args.command == "status":
-            return asyncio.run(_status(args.url, args.key, args.json, sys.stdout))
+            return asyncio.run(_status_of(args, sys.stdout))
         if args.command == "run":
             return asyncio.run(_run(args, sys.stderr))
         if args.command == "elect":

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Election", "KeyState", "Leader", "Lock", "Locker", "Observation", "Refresher", "Term"]
+__all__ = ["Election", "KeyState", "Leader", "Lock", "Locker", "Observation", "Refresher", "SemaphoreState", "Term"]
 
 _L = TypeVar("_L", bound="Locker")
 _O = TypeVar("_O", bound="Observation")
@@ -35,6 +35,30 @@ class KeyState:
     ttl: float | None
     fencing_counter: int | None
     holder: str | None = None
+
+
+@dataclass(frozen=True)
+class SemaphoreState:
+    """A semaphore as the server sees it: what [`Locker.inspect_semaphore`][distlock_async.Locker.inspect_semaphore]
+    returns. A semaphore keeps no limit of its own (each caller passes its own), so none is reported.
+
+    Attributes:
+        held: how many permits of the name are held now (expired ones not counted).
+        holders: each held permit's holder label ([`Options`][distlock_async.Options]`.holder` of the
+            locker that obtained it), ordered by fencing token: the order the permits were granted (on
+            etcd, the order their keys queued, whose create revisions are the tokens); ``None`` for a
+            permit that carries no label. ``len(holders) == held``. Informative only, as
+            [`KeyState`][distlock_async.KeyState]`.holder`.
+        waiting: how many callers are queued for a permit now (``0`` when none).
+        fencing_counter: the number the next permit's fencing token will exceed (the last token issued
+            on Redis and memory; etcd's revision); ``None`` when the backend keeps none for the name
+            right now.
+    """
+
+    held: int
+    holders: tuple[str | None, ...]
+    waiting: int
+    fencing_counter: int | None
 
 
 @dataclass(frozen=True)
@@ -381,6 +405,21 @@ class Locker(Protocol):
         """
         ...
 
+    async def inspect_semaphore(self, name: str) -> SemaphoreState:
+        """What the server knows about the semaphore ``name``: its permits held, by whom, its waiters.
+
+        It obtains nothing, and reads in one round trip. On etcd a caller counts as holding from the moment
+        fewer than its own ``limit`` permits are ahead of it in the queue (so a waiter that a release has
+        just let in counts as holding before its next attempt takes the permit); elsewhere from its grant.
+
+        Raises:
+            BackendError: the server could not be reached or answered an error.
+            TypeError, ValueError: a bad name; the message names it.
+            RuntimeError: the locker is closed or bound to another event loop.
+            NotImplementedError: the backend has no semaphores.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Close the locker: stop every refresher it started and close a client it created itself.
 
@@ -400,6 +439,6 @@ class Locker(Protocol):
     ) -> None: ...
 
 
-for _cls in (Election, KeyState, Leader, Lock, Locker, Observation, Refresher, Term):
+for _cls in (Election, KeyState, Leader, Lock, Locker, Observation, Refresher, SemaphoreState, Term):
     _cls.__module__ = "distlock_async"
 del _cls

@@ -619,3 +619,119 @@ def test_elect_without_a_command_is_a_usage_error(redis_server: RedisServer) -> 
     result = run("--url", redis_server.url, "elect", "n")
     assert result.returncode == 2
     assert "elect needs a command: distlock elect NAME -- CMD" in result.stderr
+
+
+# --- status --semaphore, status --election ---------------------------------------------------------------
+
+#: Two permits held by lockers with labels, a third caller queued behind them: what ``status --semaphore``
+#: shows meanwhile, and once all are gone. The status commands run as subprocesses while the event loop
+#: keeps the waiter's place alive.
+SEMAPHORE_PROBE = """
+import asyncio, sys
+import anyio
+from distlock_async import Options, from_url
+
+URL, KEY = sys.argv[1], sys.argv[2]
+
+async def status(*args):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "distlock_async", "--url", URL, "status", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    print(out.decode(), end="")
+
+async def main():
+    async with from_url(URL, Options(holder="a:1")) as a, from_url(URL, Options(holder="b 2 ü")) as b, \\
+            from_url(URL, Options(holder="c")) as c:
+        first = await a.obtain_permit(KEY, 2)
+        second = await b.obtain_permit(KEY, 2)
+        waiter = asyncio.ensure_future(c.obtain_permit(KEY, 2, timeout=60))
+        with anyio.fail_after(30):
+            while (await a.inspect_semaphore(KEY)).waiting == 0:
+                await asyncio.sleep(0.01)
+        await status("--semaphore", KEY)
+        await status("--json", "--semaphore", KEY)
+        await first.release()
+        await (await waiter).release()
+        await second.release()
+    await status("--semaphore", KEY)
+
+asyncio.run(main())
+"""
+
+
+def test_status_of_a_semaphore_names_its_holders_in_grant_order_and_counts_its_waiters(
+    server_url: str, key: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SEMAPHORE_PROBE, server_url, key], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    text, doc, after = result.stdout.splitlines()
+    state = json.loads(doc)
+    counter = state["fencing_counter"]
+    assert isinstance(counter, int)
+    assert state == {"name": key, "held": 2, "holders": ["a:1", "b 2 ü"], "waiting": 1, "fencing_counter": counter}
+    assert text == f"'{key}': 2 permits held (by 'a:1', 'b 2 ü'), 1 waiting; fencing counter {counter}"
+    match = re.fullmatch(rf"'{key}': 0 permits held, 0 waiting; fencing counter (\d+)", after)
+    assert match is not None, after
+    assert int(match[1]) > counter, "three permits were granted since"
+
+
+def test_status_of_an_unused_semaphore_holds_nothing(redis_server: RedisServer, key: str) -> None:
+    result = run("--url", redis_server.url, "status", "--semaphore", key)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"'{key}': 0 permits held, 0 waiting; no fencing counter kept\n"
+    assert json.loads(run("--url", redis_server.url, "status", "--semaphore", key, "--json").stdout) == {
+        "name": key,
+        "held": 0,
+        "holders": [],
+        "waiting": 0,
+        "fencing_counter": None,
+    }
+
+
+def test_status_of_an_election_prints_the_leader_as_leader_does(server_url: str, key: str) -> None:
+    distlock = f"{sys.executable} -m distlock_async --url {server_url}"
+    script = (
+        f"{distlock} status --election {key} && {distlock} status --json --election {key} && "
+        f"{distlock} leader {key} && {distlock} leader --json {key}"
+    )
+    result = run("--url", server_url, "elect", "--value", "replica 7", key, "--", "/bin/sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    text, doc, leader_text, leader_doc = result.stdout.splitlines()
+    assert re.fullmatch(rf"'{key}' is led by 'replica 7' \(fencing token \d+\)", text)
+    assert json.loads(doc)["leader"]["value"] == "replica 7"
+    assert (text, doc) == (leader_text, leader_doc)
+    after = run("--url", server_url, "status", "--election", key)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == f"'{key}' has no leader\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "status needs what to show: KEY (a lock), --semaphore NAME or --election NAME"),
+        (["k", "--semaphore", "p"], "argument --semaphore: not allowed with argument KEY"),
+        (["--semaphore", "p", "--election", "e"], "argument --election: not allowed with argument --semaphore"),
+        (["--semaphore", ""], "name must not be empty"),
+    ],
+    ids=["nothing", "key-and-semaphore", "semaphore-and-election", "empty-name"],
+)
+def test_status_takes_exactly_one_thing_to_show(redis_server: RedisServer, args: list[str], message: str) -> None:
+    result = run("--url", redis_server.url, "status", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["--semaphore", "p"], ["--election", "e"]], ids=["semaphore", "election"])
+def test_status_of_a_semaphore_or_election_refuses_memory_and_reports_a_dead_server(args: list[str]) -> None:
+    result = run("status", *args)
+    assert result.returncode == 2
+    assert "memory:// locks live inside one process" in result.stderr
+    result = run("--url", f"redis://127.0.0.1:{free_port()}/0?socket_timeout=1", "status", *args)
+    assert result.returncode == 4, result.stderr
+    assert "backend unavailable" in result.stderr

@@ -93,6 +93,39 @@ async def next_leader(observation: Observation, within: float = LIMIT) -> Leader
         return await observation.__anext__()
 
 
+async def test_inspect_semaphore_counts_each_key_by_the_limit_it_records(make: Any, admin: aetcd.Client) -> None:
+    """The reader knows no limit: each key's value records its caller's. A key written by hand (no limit)
+    counts as holding; a nested name's key is not the name's; a waiter that a release let in counts as
+    holding from the release on."""
+    locker = make(Options(holder="first"))
+    first = await locker.obtain_permit("inspected", 1)
+    by_hand = f"{SEMAPHORES}inspected/abc".encode()  # a lease ID's shape: a key of the name
+    nested = f"{SEMAPHORES}inspected/sub/1".encode()
+    await admin.put(by_hand, b"token-by-hand")
+    await admin.put(nested, b"token 5 nested")
+    try:
+        state = await locker.inspect_semaphore("inspected")
+        assert (state.held, state.holders, state.waiting) == (2, ("first", None), 0)
+        with log_event(WAITING) as queued, anyio.fail_after(LIMIT):
+            waiter = asyncio.ensure_future(
+                make(Options(holder="second")).obtain_permit("inspected", 2, max_retries=1, retry_delay=60)
+            )
+            await queued.wait()
+        state = await locker.inspect_semaphore("inspected")
+        assert (state.held, state.holders, state.waiting) == (2, ("first", None), 1)
+        await first.release()
+        state = await locker.inspect_semaphore("inspected")
+        assert (state.held, state.holders, state.waiting) == (2, (None, "second"), 0)
+        with anyio.fail_after(LIMIT):
+            second = await waiter
+        assert state.fencing_counter is not None
+        assert second.fencing_token < state.fencing_counter, "the waiter's key was created before the read"
+        await second.release()
+    finally:
+        await admin.delete(by_hand)
+        await admin.delete(nested)
+
+
 async def revoke(admin: aetcd.Client, lease_id: int) -> None:
     with contextlib.suppress(grpc.aio.AioRpcError):  # gone already
         await admin.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=5)
@@ -111,7 +144,8 @@ async def test_permits_and_candidates_have_prefixes_of_their_own(make: Any, admi
         [term_kv] = await keys(admin, ELECTIONS)
         assert lock_kv.key == f"distlock/x/{lock._handle.lease_id:x}".encode()
         assert permit_kv.key == f"{SEMAPHORES}x/{permit._handle.lease_id:x}".encode()
-        assert permit_kv.value == f"{permit.token} {permit.holder}".encode()  # as a lock key: token, holder
+        # As a lock key's (token, holder), with the caller's limit between: inspect_semaphore reads it.
+        assert permit_kv.value == f"{permit.token} 2 {permit.holder}".encode()
         assert permit_kv.create_revision == permit.fencing_token
         assert term_kv.key == f"{ELECTIONS}x/{term._handle.lease_id:x}".encode()
         assert term_kv.value == b"me"  # Go's Election: the key holds the proposal

@@ -23,6 +23,7 @@ SPEC_NAMES = {
     "EtcdOptions",
     "EtcdLocker",
     "KeyState",  # what locker.inspect() returns (SPEC, "Knowing who holds what")
+    "SemaphoreState",  # what locker.inspect_semaphore() returns (issue 15, item 3)
     # SPEC, "Coordination beyond the mutex"
     "Election",
     "Leader",

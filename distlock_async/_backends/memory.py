@@ -10,7 +10,7 @@ from .._core._aio import Signal
 from .._core._driver import Busy, Granted
 from .._core._locker import LockerBase
 from .._options import Options
-from .._protocols import KeyState, Leader
+from .._protocols import KeyState, Leader, SemaphoreState
 
 __all__ = ["MemoryLocker", "MemoryStore"]
 
@@ -287,6 +287,17 @@ class _MemoryDriver:
             # The store forgets free keys; its one counter is what the next token of any key exceeds.
             return KeyState(held=False, ttl=None, fencing_counter=self.store._fence or None)
         return KeyState(held=True, ttl=entry.expires_at - now, fencing_counter=entry.fence, holder=entry.holder)
+
+    async def inspect_permits(self, key: str) -> SemaphoreState:
+        await anyio.lowlevel.checkpoint()
+        name = self.store._name(_PERMIT, key, _now())
+        # Holders are kept in the order they were granted, which is their fencing tokens' order.
+        holders = () if name is None else tuple(entry.holder for entry in name.holders.values())
+        waiting = 0 if name is None else len(name.queue)
+        if name is not None:
+            self.store._forget_if_unused(_PERMIT, key, name)  # its last holders may have just expired
+        # The store's one counter: what the next permit's token, like any other, will exceed.
+        return SemaphoreState(len(holders), holders, waiting, self.store._fence or None)
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()

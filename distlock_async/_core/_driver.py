@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from .._protocols import KeyState, Leader
+from .._protocols import KeyState, Leader, SemaphoreState
 
 #: What a driver keeps about one held lock (an etcd lease, say); ``None`` for drivers that need nothing.
 H = TypeVar("H")
@@ -114,9 +114,16 @@ class Semaphores(Protocol[H]):
     its contender takes a permit of the name it is given (``Granted`` while the permits held plus the
     waiters queued ahead of it are fewer than ``limit``, FIFO), and ``release``/``extend``/``remaining``
     act on that permit. Its names never meet the driver's lock keys. Making a view does no I/O.
+    The contender's ``holder`` label is stored with the permit, for ``inspect_permits``.
     """
 
     def permits(self, limit: int) -> Driver[H]: ...
+
+    async def inspect_permits(self, name: str) -> SemaphoreState:
+        """What the server knows about the semaphore ``name`` (``locker.inspect_semaphore()``): its live
+        permits' holder labels ordered by fencing token, its queued waiters, its fencing counter. Reads
+        only, in one round trip; the name is in the permits' space, whatever the limit."""
+        ...
 
 
 class Follower(Protocol):

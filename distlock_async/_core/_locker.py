@@ -15,7 +15,7 @@ import anyio
 
 from .._errors import LockLostError, LockNotHeldError, NotObtainedError
 from .._options import Options, default_holder
-from .._protocols import KeyState
+from .._protocols import KeyState, SemaphoreState
 from .._validate import check_count, check_key, check_limit, check_seconds, check_timeout
 from . import _metrics
 from ._aio import finish, reraise_swallowed_cancel
@@ -176,6 +176,13 @@ class LockerBase(Generic[H]):
         if not isinstance(self._driver, Inspector):
             raise NotImplementedError(f"{type(self).__name__} cannot inspect a key it does not hold")
         return await self._driver.inspect(key)
+
+    async def inspect_semaphore(self, name: str) -> SemaphoreState:
+        check_key(name, "name")
+        self._check_usable()
+        if not isinstance(self._driver, Semaphores):
+            raise NotImplementedError(f"{type(self).__name__} has no semaphores")
+        return await self._driver.inspect_permits(name)
 
     async def aclose(self) -> None:
         if self._binding.closed:

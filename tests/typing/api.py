@@ -18,6 +18,7 @@ from distlock_async import (
     NotObtainedError,
     Options,
     Refresher,
+    SemaphoreState,
     from_url,
 )
 
@@ -102,6 +103,15 @@ async def status(locker: Locker) -> str:
     counter: int | None = state.fencing_counter
     holder: str | None = state.holder
     return f"{state.held} {left} {counter} {holder}"
+
+
+async def semaphore_status(locker: Locker) -> str:
+    state: SemaphoreState = await locker.inspect_semaphore("pool")
+    held: int = state.held
+    holders: tuple[str | None, ...] = state.holders
+    waiting: int = state.waiting
+    counter: int | None = state.fencing_counter
+    return f"{held} {holders} {waiting} {counter}"
 
 
 async def labelled(url: str) -> str:

@@ -18,7 +18,7 @@ from aetcd import rpc
 from ..._core._driver import Busy, Granted
 from ..._errors import BackendError
 from .errors import code, is_lease_not_found
-from .queue import Rule, is_member, join_queue, range_end, value_of
+from .queue import Rule, is_member, join_queue, permit_value, range_end, value_of
 from .streams import Watch
 
 if TYPE_CHECKING:
@@ -86,7 +86,12 @@ class EtcdContender:
         self._prefix = f"{namespace}{key}/".encode()
         #: What our key holds: the token and the holder label (``inspect`` shows it) of a lock or a permit;
         #: a candidate's value, as Go's ``concurrency.Election`` writes it.
-        self._value = value_of(token, holder) if rule is None or rule.value is None else rule.value.encode()
+        if rule is not None and rule.value is not None:
+            self._value = rule.value.encode()
+        elif rule is not None and rule.records_limit:
+            self._value = permit_value(token, rule.limit, holder)  # and the limit, for inspect_semaphore
+        else:
+            self._value = value_of(token, holder)
         #: How many of the name's first keys hold at once: 1 but for a semaphore's permits.
         self._limit = 1 if rule is None else rule.limit
         self._what = "lock" if rule is None else rule.what

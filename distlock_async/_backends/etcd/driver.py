@@ -18,7 +18,7 @@ from aetcd import rpc
 
 from ..._errors import BackendError
 from ..._options import EtcdOptions
-from ..._protocols import KeyState, Leader
+from ..._protocols import KeyState, Leader, SemaphoreState
 from .._compat_aetcd import Client, credentials_of
 from .channel import HASLEADER, authenticate, channel_options, dial, load_credentials, resolve_target, unary
 from .contender import EtcdContender, Held
@@ -32,7 +32,18 @@ from .errors import (
     is_transient,
     map_errors,
 )
-from .queue import Rule, ahead, holder_of, is_member, leave_queue, predecessor, proclaim, queue, sibling_namespace
+from .queue import (
+    Rule,
+    ahead,
+    holder_of,
+    is_member,
+    leave_queue,
+    permit_of,
+    predecessor,
+    proclaim,
+    queue,
+    sibling_namespace,
+)
 from .streams import KeepAlives, Watches
 
 __all__ = ["EtcdDriver"]
@@ -363,7 +374,31 @@ class EtcdDriver:
         return namespace
 
     def permits(self, limit: int) -> EtcdView:
-        return EtcdView(self, Rule(self.coordination_namespace(SEMAPHORE), limit, what="permit"))
+        return EtcdView(self, Rule(self.coordination_namespace(SEMAPHORE), limit, what="permit", records_limit=True))
+
+    async def inspect_permits(self, name: str) -> SemaphoreState:
+        """The semaphore's keys in queue order with their values, in one range.
+
+        A key holds while fewer keys than the limit its value records were created before it (as its
+        contender decides); so a waiter that a release has let in counts as holding before its next
+        attempt. A key whose value records no limit (written by hand) counts as holding. The counter is the
+        revision of the read, which the next permit's token (a create revision) will exceed.
+        """
+        prefix = f"{self.coordination_namespace(SEMAPHORE)}{name}/".encode()
+        reply = await self.range(queue(prefix, keys_only=False))
+        holders: list[str | None] = []
+        waiting = 0
+        rank = 0
+        for kv in reply.kvs:
+            if not is_member(prefix, kv.key):
+                continue
+            limit, holder = permit_of(kv.value)
+            if limit is None or rank < limit:
+                holders.append(holder)
+            else:
+                waiting += 1
+            rank += 1
+        return SemaphoreState(len(holders), tuple(holders), waiting, int(reply.header.revision))
 
     def candidates(self, value: str) -> EtcdView:
         return EtcdView(self, Rule(self.coordination_namespace(ELECTION), 1, value, what="candidate"))

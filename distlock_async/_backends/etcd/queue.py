@@ -17,6 +17,8 @@ __all__ = [
     "is_member",
     "join_queue",
     "leave_queue",
+    "permit_of",
+    "permit_value",
     "predecessor",
     "proclaim",
     "queue",
@@ -40,6 +42,8 @@ class Rule:
     value: str | None = None
     #: What the log records call it.
     what: str = "lock"
+    #: Whether the key's value records ``limit`` (a permit's: see :func:`permit_value`).
+    records_limit: bool = False
 
 
 def sibling_namespace(namespace: str, kind: str) -> str | None:
@@ -76,6 +80,22 @@ def holder_of(value: bytes) -> str | None:
     """The holder label in a lock key's value; ``None`` if it has none (Go's ``Mutex``, ``etcdctl lock``)."""
     _, space, holder = value.partition(b" ")
     return holder.decode("utf-8", "replace") if space and holder else None
+
+
+def permit_value(token: str, limit: int, holder: str) -> bytes:
+    """The value of a permit's key: the token, the caller's ``limit`` and its holder label, spaced. The
+    limit lets a reader that knows none (``inspect_semaphore``) tell holders from waiters."""
+    return f"{token} {limit} {holder}".encode()
+
+
+def permit_of(value: bytes) -> tuple[int | None, str | None]:
+    """The limit and holder label in a permit key's value; ``None`` for what it lacks (a value written by
+    hand)."""
+    _, _, rest = value.partition(b" ")
+    limit, space, holder = rest.partition(b" ")
+    if not limit.isdigit():
+        return None, None
+    return int(limit), holder.decode("utf-8", "replace") if space and holder else None
 
 
 def _by_creation(prefix: bytes, *, keys_only: bool = True, **fields: object) -> rpc.RangeRequest:

@@ -44,6 +44,8 @@ class RedisContender:
         self, driver: RedisDriver, key: str, token: str, ttl: float, holder: str, space: Space = LOCKS
     ) -> None:
         self._driver = driver
+        #: A permit's label rides in its obtain script's value argument (see ``scripts``); a lock's in its owner.
+        space = space.labelled(holder)
         self._space = space
         self._keys = space.keys(driver.namespace, key)
         #: Who the scripts and the channel know this contender as.

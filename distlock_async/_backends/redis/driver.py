@@ -15,7 +15,7 @@ import redis.exceptions
 
 from ..._core._aio import Signal
 from ..._errors import BackendError
-from ..._protocols import KeyState, Leader
+from ..._protocols import KeyState, Leader, SemaphoreState
 from .._compat_redis import initialization_due
 from .config import RedisConfig
 from .contender import RedisContender
@@ -30,6 +30,7 @@ from .scripts import (
     LEADER_SPACE,
     LOCKS,
     PERMIT_SPACE,
+    PERMITS,
     PROCLAIM,
     RELEASE,
     REMAINING,
@@ -114,6 +115,26 @@ class RedisDriver:
 
     def permits(self, limit: int) -> SpaceDriver:
         return SpaceDriver(self, Space(PERMIT_SPACE, limit))
+
+    async def inspect_permits(self, name: str) -> SemaphoreState:
+        keys = Keys(self.namespace, name, PERMIT_SPACE)
+        entries, waiting, fence = await self.run(PERMITS, keys.lock, keys.all, ())
+        holders: list[tuple[int, str | None]] = []
+        for entry in entries:
+            if entry is None:  # a holder with no tokens entry: not one of ours
+                holders.append((0, None))
+                continue
+            text = entry.decode("utf-8", "replace") if isinstance(entry, bytes) else str(entry)
+            token, _, label = text.partition(" ")
+            # A permit of an earlier release has an empty label: none to show.
+            holders.append((int(token) if token.isdigit() else 0, label or None))
+        holders.sort(key=lambda holder: holder[0])  # by fencing token: the order they were granted
+        return SemaphoreState(
+            held=len(holders),
+            holders=tuple(label for _, label in holders),
+            waiting=int(waiting),
+            fencing_counter=int(fence) if fence else None,
+        )
 
     def candidates(self, value: str) -> SpaceDriver:
         return SpaceDriver(self, Space(LEADER_SPACE, 1, value))

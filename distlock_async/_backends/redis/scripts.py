@@ -6,7 +6,7 @@ of keys of its own beside the user's name ``<name>``, escaped into the Cluster h
 - a lock: ``ns:{<tag>}`` (the holder's token, with the TTL), ``:fence``, ``:queue``, ``:waiters``;
 - the permits of a semaphore: ``ns:{<tag>}:permits`` (sorted set: holder token -> its deadline in the
   server's ms), ``ns:{<tag>}:permits:fence``, ``:permits:queue``, ``:permits:waiters`` and
-  ``:permits:tokens`` (hash: holder token -> ``"<fencing token> "``);
+  ``:permits:tokens`` (hash: holder token -> ``"<fencing token> <holder label>"``);
 - an election: the same five keys with ``:leader`` instead of ``:permits``; at most one holder, the
   leader, whose ``:leader:tokens`` entry is ``"<fencing token> <value>"``.
 
@@ -19,7 +19,7 @@ space, lives in the slot of ``<tag>``. Each space's key is also its pub/sub chan
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "COORD_EXTEND",
@@ -34,6 +34,7 @@ __all__ = [
     "LEAVE",
     "LOCKS",
     "OBTAIN",
+    "PERMITS",
     "PERMIT_SPACE",
     "PROCLAIM",
     "RELEASE",
@@ -241,7 +242,8 @@ return {0, -2, fence, ''}
 # fence counter, KEYS[3] queue and KEYS[4] waiters' deadlines (as for a lock; a waiter's member is
 # "<token>/<limit>", so that whoever serves the queue knows each waiter's limit), KEYS[5] tokens (hash:
 # holder token -> "<fencing token> <value>"). ARGV[1] token, ARGV[2] WAITER_TTL_MS, ARGV[3] limit, ARGV[4]
-# "1" if observers follow the name (an election), ARGV[5] TTL in ms, ARGV[6] value.
+# "1" if observers follow the name (an election), ARGV[5] TTL in ms, ARGV[6] value (a candidate's; a
+# permit's holder label, which the tokens hash keeps for PERMITS to show).
 #
 # A change that may let waiters hold (a release, a waiter leaving) publishes "<token> 0" for each waiter
 # that fits now on KEYS[1]; a change of who leads or of the value publishes "* 0" for the observers. (The
@@ -411,6 +413,20 @@ if #top == 0 then return {} end
 return {redis.call('hget', KEYS[5], top[1]), tonumber(top[2]) - now}
 """)
 
+# KEYS: a semaphore's five keys (as COORD_OBTAIN's). {each live holder's "<fencing token> <holder label>"
+# (false for a holder without one), the live waiters' count, the fence counter or ''}. Reads only:
+# expired holders and waiters are skipped, not dropped.
+PERMITS = Script("""
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local entries = {}
+for i, token in ipairs(redis.call('zrangebyscore', KEYS[1], '(' .. now, '+inf')) do
+  entries[i] = redis.call('hget', KEYS[5], token)
+end
+local waiting = redis.call('zcount', KEYS[4], '(' .. now, '+inf')
+return {entries, waiting, redis.call('get', KEYS[2]) or ''}
+""")
+
 #: The suffixes of a name's spaces beside its lock (see the module docstring).
 PERMIT_SPACE = ":permits"
 LEADER_SPACE = ":leader"
@@ -465,7 +481,13 @@ class Space:
     #: Beside the lock's keys: ``""`` (a lock), ``PERMIT_SPACE`` or ``LEADER_SPACE``.
     suffix: str = ""
     limit: int = 1
+    #: What a holder's tokens entry carries after its fencing token: a candidate's value, or (set per
+    #: contender, see ``labelled``) a permit's holder label.
     value: str = ""
+
+    def labelled(self, holder: str) -> Space:
+        """The space for one contender with ``holder``: permits store the label; the others stay as they are."""
+        return replace(self, value=holder) if self.suffix == PERMIT_SPACE else self
 
     @property
     def coordination(self) -> bool:
