@@ -37,6 +37,8 @@ from typing import Any
 from distlock_async import Options, from_url
 from distlock_async.testing.servers import EtcdServer, RedisServer
 
+from .workers import quantile, run_together
+
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "bench-s"
 _runs = itertools.count()
@@ -44,13 +46,6 @@ _runs = itertools.count()
 
 def _url(backend: str, address: str) -> str:
     return address if backend == "redis" else f"etcd://{address}"
-
-
-def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
@@ -144,23 +139,7 @@ def semaphore(
     name = f"{NAME}-{os.getpid()}-{next(_runs)}"  # a semaphore of its own per run
     common = ["--tasks", str(tasks), "--limit", str(limit), "--seconds", str(seconds), "--hold", str(hold)]
     workers = [_spawn("permits", url, name, *common) for _ in range(processes)]
-    try:
-        for worker in workers:
-            assert worker.stdout is not None
-            line = worker.stdout.readline().strip()
-            if line != "ready":
-                raise RuntimeError(f"a semaphore worker failed to start: {line!r}")
-        start = time.monotonic() + 0.2
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write(f"{start}\n")
-            worker.stdin.flush()
-        outputs = [worker.communicate(timeout=seconds + 60)[0] for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-    results = [json.loads(output) for output in outputs]
+    results = run_together(workers, seconds, "the semaphore")
     round_trip = asyncio.run(_round_trip(url))
     return summarise_permits(results, limit=limit, seconds=seconds, hold=hold, round_trip=round_trip)
 
@@ -191,8 +170,8 @@ def summarise_permits(
         "limit": limit,
         "min_over_max": min(shares) / max(shares) if max(shares, default=0) else 0.0,
         "shares": shares,
-        "wait_p50_ms": 1000 * _quantile(waits, 0.5),
-        "wait_p99_ms": 1000 * _quantile(waits, 0.99),
+        "wait_p50_ms": 1000 * quantile(waits, 0.5),
+        "wait_p99_ms": 1000 * quantile(waits, 0.99),
         "wait_max_ms": 1000 * max(waits, default=0.0),
     }
 

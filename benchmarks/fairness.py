@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from distlock_async.testing.servers import EtcdServer, RedisServer
 
 from .adapters import Adapter, etcd_adapters, redis_adapters
+from .workers import quantile, run_together
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-f"
@@ -112,13 +113,6 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def run(
     backend: str,
     name: str,
@@ -144,24 +138,13 @@ def run(
         common = [backend, name, "--tasks", str(tasks), "--seconds", str(seconds), "--hold", str(hold)]
         for n in range(processes):
             workers.append(_spawn("worker", *common, "--address", far if n == processes - 1 else address))
-        for worker in workers:
-            assert worker.stdout is not None
-            line = worker.stdout.readline().strip()
-            if line != "ready":
-                raise RuntimeError(f"a worker of {name} failed to start: {line!r}")
-        start = time.monotonic() + 0.2
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write(f"{start}\n")
-            worker.stdin.flush()
-        outputs = [worker.communicate(timeout=seconds + 60)[0] for worker in workers]
+        results = run_together(workers, seconds, name)
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
         proxy.kill()
         proxy.wait()
-    results = [json.loads(output) for output in outputs]
     return summarise(results, tasks=tasks, seconds=seconds, hold=hold, far=processes - 1)
 
 
@@ -185,8 +168,8 @@ def summarise(results: list[dict[str, Any]], *, tasks: int, seconds: float, hold
                 "far": process == far,
                 "acquisitions": len(r["records"]),
                 "share": len(r["records"]) / total if total else 0.0,
-                "wait_p50_ms": 1000 * _quantile(waits, 0.5),
-                "wait_p99_ms": 1000 * _quantile(waits, 0.99),
+                "wait_p50_ms": 1000 * quantile(waits, 0.5),
+                "wait_p99_ms": 1000 * quantile(waits, 0.99),
                 "wait_max_ms": 1000 * max(waits, default=0.0),
                 "gave_up": r["gave_up"],
             }
@@ -203,7 +186,7 @@ def summarise(results: list[dict[str, Any]], *, tasks: int, seconds: float, hold
         "violations": violations,
         "min_over_max": min(shares) / max(shares) if max(shares, default=0) else 0.0,
         "far_share_vs_fair": per_process[far]["share"] * len(results) if per_process else 0.0,
-        "wait_p99_ms": 1000 * _quantile(all_waits, 0.99),
+        "wait_p99_ms": 1000 * quantile(all_waits, 0.99),
         "wait_max_ms": 1000 * max(all_waits, default=0.0),
         "ideal_wait_ms": 1000 * (contenders - 1) * (hold + gap),
         "gave_up": sum(p["gave_up"] for p in per_process),

@@ -98,13 +98,17 @@ local function leave(owner)
   redis.call('zrem', KEYS[3], owner)
   redis.call('zrem', KEYS[4], owner)
 end
-local function grant(owner, ttl)
-  redis.call('set', KEYS[1], owner, 'PX', ttl)
+-- The next fencing token of the name (KEYS[2] is its counter).
+local function next_fence(ttl)
   local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
   if fence < floor then fence = floor end
   redis.call('set', KEYS[2], string.format('%d', fence), 'PX', math.max(tonumber(ttl), 60000))
   return fence
+end
+local function grant(owner, ttl)
+  redis.call('set', KEYS[1], owner, 'PX', ttl)
+  return next_fence(ttl)
 end
 -- The first live waiter, or nil.
 local function first()
@@ -262,13 +266,6 @@ local function holders()
     redis.call('hdel', KEYS[5], unpack(gone))
   end
   return redis.call('zcard', KEYS[1])
-end
-local function next_fence(ttl)
-  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local fence = tonumber(redis.call('get', KEYS[2]) or '0') + 1
-  if fence < floor then fence = floor end
-  redis.call('set', KEYS[2], string.format('%d', fence), 'PX', math.max(tonumber(ttl), 60000))
-  return fence
 end
 -- The holders' keys live as long as their last holder.
 local function keep_holders()
