@@ -18,7 +18,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -516,11 +516,9 @@ async def _run(args: argparse.Namespace, err: TextIO) -> int:
     if args.refresh is not None and args.refresh >= args.ttl:
         raise _UsageError(f"--refresh ({args.refresh:g}) must be below --ttl ({args.ttl:g})")
     options = Options(ttl=args.ttl, retry_delay=args.retry_delay, refresh_interval=args.refresh)
-    loop = asyncio.get_running_loop()
     runner = _Runner(err)
-    for sig in FORWARDED:
-        loop.add_signal_handler(sig, runner.on_signal, sig)
-    try:
+
+    async def run() -> int:
         async with from_url(args.url, options) as locker:
             if args.limit is None:
                 lock = await locker.obtain(args.key, timeout=args.wait)
@@ -530,6 +528,18 @@ async def _run(args: argparse.Namespace, err: TextIO) -> int:
                 return await _hold(runner, lock, cmd, args.grace)
             finally:
                 await _release(lock, err, lost_reported=runner.lost.is_set())
+
+    return await _interruptible(runner, run)
+
+
+async def _interruptible(runner: _Runner, body: Callable[[], Awaitable[int]]) -> int:
+    """Run ``body`` with SIGINT and SIGTERM handled by ``runner``: passed on to the command once it
+    runs, ending the wait before (exit code 128 + N)."""
+    loop = asyncio.get_running_loop()
+    for sig in FORWARDED:
+        loop.add_signal_handler(sig, runner.on_signal, sig)
+    try:
+        return await body()
     except asyncio.CancelledError:
         if runner.interrupted is None:
             raise
@@ -576,27 +586,17 @@ async def _elect(args: argparse.Namespace, err: TextIO) -> int:
         err.write(f"distlock: command not found: {cmd[0]}\n")
         return EXIT_NOT_FOUND
     value = args.value if args.value is not None else f"{socket.gethostname()}:{os.getpid()}"
-    loop = asyncio.get_running_loop()
     runner = _Runner(err)
-    for sig in FORWARDED:
-        loop.add_signal_handler(sig, runner.on_signal, sig)
-    try:
+
+    async def elect() -> int:
         async with from_url(args.url, Options(ttl=args.ttl)) as locker:
             try:
                 async with locker.election(args.name).campaign(value) as term:
                     return await runner.lead(args.name, term, cmd, args.grace)
             except LockLostError:
                 return EXIT_LOST
-    except asyncio.CancelledError:
-        if runner.interrupted is None:
-            raise
-        task = asyncio.current_task()
-        if task is not None and sys.version_info >= (3, 11):
-            task.uncancel()
-        return EXIT_SIGNAL_BASE + runner.interrupted
-    finally:
-        for sig in FORWARDED:
-            loop.remove_signal_handler(sig)
+
+    return await _interruptible(runner, elect)
 
 
 def _show_leader(name: str, leader: Leader | None, as_json: bool, out: TextIO) -> None:
