@@ -54,22 +54,27 @@ async def test_candidates_lead_one_at_a_time_in_the_order_they_campaigned(coordi
     the next leads, with a higher fencing token."""
     leader_term = coordination.locker().election("order").campaign("first")
     first = await leader_term.__aenter__()
-    terms: list[tuple[str, int]] = []
-    leading: list[str] = []
+    try:
+        terms: list[tuple[str, int]] = []
+        leading: list[str] = []
 
-    async def candidate(n: int) -> None:
-        async with coordination.locker().election("order").campaign(f"c{n}") as term:
-            leading.append(term.value)
-            assert len(leading) == 1, leading
-            terms.append((term.value, term.fencing_token))
-            await asyncio.sleep(0.01)
-            leading.remove(term.value)
+        async def candidate(n: int) -> None:
+            async with coordination.locker().election("order").campaign(f"c{n}") as term:
+                leading.append(term.value)
+                assert len(leading) == 1, leading
+                terms.append((term.value, term.fencing_token))
+                await asyncio.sleep(0.01)
+                leading.remove(term.value)
 
-    tasks = []
-    for n in range(3):
-        with log_event("is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
-            tasks.append(asyncio.ensure_future(candidate(n)))
-            await queued.wait()
+        tasks = []
+        for n in range(3):
+            with log_event("is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
+                tasks.append(asyncio.ensure_future(candidate(n)))
+                await queued.wait()
+    except BaseException:  # a failed test still ends the campaign it entered by hand
+        with contextlib.suppress(Exception):
+            await leader_term.__aexit__(None, None, None)
+        raise
     await leader_term.__aexit__(None, None, None)
     with anyio.fail_after(LIMIT):
         await asyncio.gather(*tasks)
@@ -93,13 +98,18 @@ async def test_a_replaced_leaders_proclaim_raises_and_changes_nothing(coordinati
     """A leader whose term expired (its process stalled past the TTL) cannot overwrite its successor's value."""
     campaign = coordination.locker().election("stale").campaign("old", ttl=coordination.short_ttl)
     stalled = await campaign.__aenter__()
-    # The process stalls: its refresher stops refreshing (no public API stops a campaign's refresher).
-    await stalled._refresher.stop()  # type: ignore[attr-defined]
-    with anyio.fail_after(LIMIT):
-        async with coordination.locker().election("stale").campaign("new") as successor:
-            with pytest.raises(LockNotHeldError):
-                await stalled.proclaim("overwrite")
-            assert await coordination.locker().election("stale").leader() == Leader("new", successor.fencing_token)
+    try:
+        # The process stalls: its refresher stops refreshing (no public API stops a campaign's refresher).
+        await stalled._refresher.stop()  # type: ignore[attr-defined]
+        with anyio.fail_after(LIMIT):
+            async with coordination.locker().election("stale").campaign("new") as successor:
+                with pytest.raises(LockNotHeldError):
+                    await stalled.proclaim("overwrite")
+                assert await coordination.locker().election("stale").leader() == Leader("new", successor.fencing_token)
+    except BaseException:  # a failed test still ends the campaign it entered by hand
+        with contextlib.suppress(Exception):
+            await campaign.__aexit__(None, None, None)
+        raise
     with pytest.raises(LockLostError):  # the stalled process wakes up and leaves its block
         await campaign.__aexit__(None, None, None)
 
@@ -126,12 +136,17 @@ async def test_observe_sees_a_leader_that_expires_without_resigning(coordination
     """A leader whose process died: observers see nobody lead once its TTL ran out, and the next leader."""
     campaign = coordination.locker().election("expiry").campaign("dead", ttl=coordination.short_ttl)
     term = await campaign.__aenter__()
-    await term._refresher.stop()  # type: ignore[attr-defined]  # the process died: nobody refreshes
-    async with coordination.locker().election("expiry").observe() as leaders:
-        assert await next_leader(leaders) == Leader("dead", term.fencing_token)
-        assert await next_leader(leaders) is None
-        async with coordination.locker().election("expiry").campaign("alive") as successor:
-            assert await next_leader(leaders) == Leader("alive", successor.fencing_token)
+    try:
+        await term._refresher.stop()  # type: ignore[attr-defined]  # the process died: nobody refreshes
+        async with coordination.locker().election("expiry").observe() as leaders:
+            assert await next_leader(leaders) == Leader("dead", term.fencing_token)
+            assert await next_leader(leaders) is None
+            async with coordination.locker().election("expiry").campaign("alive") as successor:
+                assert await next_leader(leaders) == Leader("alive", successor.fencing_token)
+    except BaseException:  # a failed test still ends the campaign it entered by hand
+        with contextlib.suppress(Exception):
+            await campaign.__aexit__(None, None, None)
+        raise
     with pytest.raises(LockLostError):
         await campaign.__aexit__(None, None, None)
 

@@ -5,6 +5,7 @@ gives up as a permit comes free, and observation across Cluster nodes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 from collections.abc import AsyncIterator
@@ -216,32 +217,35 @@ async def test_cluster_keys_of_a_semaphore_and_an_election_share_the_names_slot(
     locker = make()
     ns = locker.namespace
     permit = await locker.obtain_permit("slot", 1)
-    term_context = locker.election("slot").campaign("leader")
-    term = await term_context.__aenter__()
-    with log_event("is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
-        waiting_permit = asyncio.ensure_future(make(1).obtain_permit("slot", 1, max_retries=2, retry_delay=60))
-        await queued.wait()
-    elected: asyncio.Future[Lock] = asyncio.get_running_loop().create_future()
-    done = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:  # the term ends even if an assertion fails
+        term_context = locker.election("slot").campaign("leader")
+        term = await term_context.__aenter__()
+        stack.push_async_exit(term_context.__aexit__)
+        # Each log names its kind: a waiter logs again after it subscribed, which must not be mistaken
+        # for the next waiter's.
+        with log_event("permit 'slot' is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
+            waiting_permit = asyncio.ensure_future(make(1).obtain_permit("slot", 1, max_retries=2, retry_delay=60))
+            await queued.wait()
+        elected: asyncio.Future[Lock] = asyncio.get_running_loop().create_future()
+        done = asyncio.Event()
 
-    async def campaign() -> None:
-        async with make(2).election("slot").campaign("next") as second:
-            elected.set_result(second)
-            await done.wait()
+        async def campaign() -> None:
+            async with make(2).election("slot").campaign("next") as second:
+                elected.set_result(second)
+                await done.wait()
 
-    with log_event("is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
-        candidate = asyncio.ensure_future(campaign())
-        await queued.wait()
-    keys = await _cluster_keys(admin, f"{ns}:*")
-    expected = {
-        f"{ns}:{{slot}}{space}{suffix}"
-        for space in (":permits", ":leader")
-        for suffix in ("", ":fence", ":tokens", ":queue", ":waiters")
-    }
-    assert set(keys) == expected
-    assert {key_slot(key.encode()) for key in keys} == {key_slot(b"slot")}
-    await permit.release()
-    await term_context.__aexit__(None, None, None)
+        with log_event("leader 'slot' is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
+            candidate = asyncio.ensure_future(campaign())
+            await queued.wait()
+        keys = await _cluster_keys(admin, f"{ns}:*")
+        expected = {
+            f"{ns}:{{slot}}{space}{suffix}"
+            for space in (":permits", ":leader")
+            for suffix in ("", ":fence", ":tokens", ":queue", ":waiters")
+        }
+        assert set(keys) == expected
+        assert {key_slot(key.encode()) for key in keys} == {key_slot(b"slot")}
+        await permit.release()
     with anyio.fail_after(LIMIT):
         second_permit = await waiting_permit
         second_term = await elected
