@@ -196,6 +196,7 @@ async def _sections(
                 section["obtained_at"] = time.monotonic_ns()
                 emit(event="obtained", token=held.fencing_token)
                 await _section(store, held.fencing_token, rng, section, hold, add=permits)
+                await asyncio.sleep(args.linger)  # work after the write, before the release
                 section["done_at"] = time.monotonic_ns()
                 try:
                     await held.release()
@@ -326,9 +327,7 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=2, help="election mode: writes per term")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--etcd-deadline", type=float, default=1.0, help="etcd: EtcdOptions.session_timeout")
-    parser.add_argument(
-        "--linger", type=float, default=0.0, help="seconds a lock()/semaphore()/term body holds after writing"
-    )
+    parser.add_argument("--linger", type=float, default=0.0, help="seconds a section holds on after writing")
     parser.add_argument("--hold-while", help="hold the lock, before writing, as long as this file exists")
     parser.add_argument("--observe-while", help="observe mode: observe as long as this file exists")
     args = parser.parse_args()
@@ -448,9 +447,11 @@ class Run:
         return holders[0] if holders else None
 
     def holders(self) -> list[dict[str, Any]]:
-        """The ``obtained`` record of every worker that holds now, as its log says."""
+        """The ``obtained`` record of every worker that holds now, as its log says (not one killed)."""
         out = []
         for n in range(self.workers):
+            if n in self.killed:
+                continue
             last = [r for r in _read_log(self.log_of(n)) if r["event"] in ("obtained", self._end_event)]
             if last and last[-1]["event"] == "obtained":
                 out.append(last[-1])
@@ -477,6 +478,12 @@ class Run:
                 raise AssertionError(f"workers did not finish within {timeout} s: {self.records()[-5:]}") from None
             if n not in self.killed:
                 assert proc.returncode == 0, f"a worker failed with {proc.returncode}"
+        for n in range(self.observers):  # every term is over: each observer ends up seeing nobody lead
+            while not ((seen := [r for r in self.seen(n) if r["event"] == "seen"]) and seen[-1]["token"] is None):
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise AssertionError(f"observer {n} never saw that nobody leads: {self.seen(n)[-5:]}")
+                time.sleep(0.01)  # another process's progress: there is no event to await
         self._observing.unlink(missing_ok=True)
         for proc in self.observer_procs:
             try:
@@ -559,6 +566,7 @@ def check(run: Run) -> dict[str, int]:
             assert before["write_at"] < after["read_at"], f"accepted writes overlap: {before} and {after}"
             assert before["token"] <= after["token"], f"an accepted write went back in token order: {before}, {after}"
         assert all(len(who) == 1 for who in leaders.values()), f"a token's writes came from two workers: {leaders}"
+    seen = _check_observers(run, records)
     counter = int(run.store.state()["counter"])
     assert len(accepted) <= counter <= len(accepted) + len(run.killed), f"an accepted write was lost: {counter}"
     return {
@@ -574,7 +582,27 @@ def check(run: Run) -> dict[str, int]:
         "not_held": sum(1 for s in held if s.get("release") == "not-held" or s.get("error") == "LockNotHeldError"),
         "lost": sum(1 for s in held if s.get("error") == "LockLostError"),
         "errors": sum(1 for r in records if r["event"] == run._end_event and "error" in r),
+        **seen,
     }
+
+
+def _check_observers(run: Run, records: list[dict[str, Any]]) -> dict[str, int]:
+    """What the observers saw: only leaders that were (the token granted to a worker that campaigned
+    with the value seen), and never one older than a leader seen before (tokens never go down)."""
+    if not run.observers:
+        return {}
+    granted = {r["token"]: r["client"] for r in records if r["event"] == "obtained"}
+    changes = errors = 0
+    for n in range(run.observers):
+        seen = run.seen(n)
+        errors += sum(1 for r in seen if r["event"] == "observe-error")
+        leaders = [r for r in seen if r["event"] == "seen" and r["token"] is not None]
+        changes += sum(1 for r in seen if r["event"] == "seen")
+        for r in leaders:
+            assert granted.get(r["token"]) == r["value"], f"observer {n} saw a leader that never was: {r}"
+        tokens = [r["token"] for r in leaders]
+        assert tokens == sorted(tokens), f"observer {n} saw an older leader after a newer one: {tokens}"
+    return {"observed_changes": changes, "observer_errors": errors}
 
 
 def _overlaps(held: list[dict[str, Any]], window: int) -> int:
