@@ -75,18 +75,19 @@ NAMES = {
 }
 
 
-def _assert_no_lock_left(server: Server, figures: dict[str, Any], kind: str = "lock", killed: bool = False) -> None:
+def _assert_no_lock_left(server: Server, figures: dict[str, Any], kind: str = "lock", expiring: bool = False) -> None:
     """No lock key is left (``orphans``), nor, on etcd, a lease beyond its TTL (``leaked_leases``).
 
     ``kind``: ``"permit"`` or ``"election"`` look for a semaphore's permits or an election's leader.
-    ``killed``: a holder was killed, and its entry may stay until its TTL has run out."""
+    ``expiring``: a holder went without releasing (killed, or its release failed while the server was
+    down), so its entry may stay until its TTL has run out (reset to full by an etcd restart)."""
     key, prefix = NAMES[kind]
     if isinstance(server, EtcdServer):
-        asyncio.run(assert_no_etcd_lock_left(server.endpoint, figures, prefix, killed))
+        asyncio.run(assert_no_etcd_lock_left(server.endpoint, figures, prefix, expiring))
         return
     client = redis.Redis.from_url(server.url)
     try:
-        deadline = time.monotonic() + (2 * TTL + 2 if killed else 0)
+        deadline = time.monotonic() + (2 * TTL + 2 if expiring else 0)
         while (left := client.exists(key)) and time.monotonic() < deadline:
             time.sleep(0.1)  # the server's expiry: time passing is the point
         figures["orphans"] = left
@@ -96,15 +97,15 @@ def _assert_no_lock_left(server: Server, figures: dict[str, Any], kind: str = "l
 
 
 async def assert_no_etcd_lock_left(
-    endpoint: str, figures: dict[str, Any], prefix: bytes = NAMES["lock"][1], killed: bool = False
+    endpoint: str, figures: dict[str, Any], prefix: bytes = NAMES["lock"][1], expiring: bool = False
 ) -> None:
     host, port = endpoint.rsplit(":", 1)
     admin = aetcd.Client(host=host, port=int(port), timeout=5)
     try:
         await admin.connect()
-        # A killed holder's key goes with its lease, once its TTL has run out.
+        # The key of a holder that went without releasing goes with its lease, once its TTL has run out.
         deadline = time.monotonic() + 2 * TTL + 2
-        keys_deadline = deadline if killed else 0
+        keys_deadline = deadline if expiring else 0
         while True:
             keys = await admin.kvstub.Range(rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"), timeout=5)
             if not keys.kvs or time.monotonic() > keys_deadline:

@@ -3,9 +3,11 @@
 Every test runs in two modes, on Redis and on etcd:
 
 - ``permit``: three workers share a semaphore of 2 permits (``obtain_permit``, then ``release``; or,
-  ``semaphore``, the ``semaphore()`` block, which keeps the permit alive while it runs); the store fences with a window of the 2 highest tokens it has seen, so at most 2 accepted sections are ever
-  in progress at once (``most_accepted_at_once <= 2``, asserted by ``check``; see tests/fencing.py for
-  why that is what a resource can enforce for a semaphore);
+  ``semaphore``, the ``semaphore()`` block, which keeps the permit alive while it runs); the store
+  fences with a window of the 2 highest tokens it has seen, so at most 2 accepted sections are ever in
+  progress at once (``most_accepted_at_once <= 2``, asserted by ``check``; see tests/fencing.py for why
+  that is what a resource can enforce for a semaphore, and what it costs: a valid permit overtaken by 2
+  newer ones is refused too, so ``rejected`` may count valid holders);
 - ``election``: three workers campaign in one election; while leading, each writes twice through the
   store (window 1) with its term's fencing token; an observer process logs every leader it sees.
   ``check`` asserts that accepted writes never go back in token order, that no two leaders' accepted
@@ -177,7 +179,7 @@ def test_holder_killed(server: Server, tmp_path: Path, mode: str, figures: Figur
     counts = check(run)
     figures.update(counts)
     assert counts["sections"] == 2 * 3, counts  # the survivors' sections (or terms), all of them
-    _assert_no_lock_left(server, figures, "permit" if mode == "semaphore" else mode, killed=True)
+    _assert_no_lock_left(server, figures, "permit" if mode == "semaphore" else mode, expiring=True)
 
 
 @BACKENDS
@@ -199,4 +201,7 @@ def test_server_killed_and_restarted(server: Server, tmp_path: Path, mode: str, 
     counts = check(run)
     figures.update(counts)
     assert counts["sections"] == 3 * 4, counts
-    _assert_no_lock_left(server, figures, mode)
+    assert counts["errors"] >= 1, counts  # the server was down while a worker held
+    # A release that failed while the server was down leaves its entry until its TTL has run out.
+    figures["releases_failed"] = sum(1 for r in run.records() if "token" in r and r.get("error") == "BackendError")
+    _assert_no_lock_left(server, figures, mode, expiring=figures["releases_failed"] > 0)
