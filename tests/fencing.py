@@ -252,6 +252,7 @@ async def _terms(
             term_record["error_after_ms"] = (time.monotonic_ns() - started) / 1e6
         if "token" in term_record:
             done += 1
+        term_record["ended_at"] = time.monotonic_ns()  # resigned, or gave up on resigning
         emit(**term_record)
         if "error" in term_record and "token" not in term_record:
             await asyncio.sleep(0.02)  # the backend is down: do not spin
