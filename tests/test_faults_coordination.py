@@ -186,11 +186,11 @@ def test_holder_killed(server: Server, tmp_path: Path, mode: str, figures: Figur
 @MODES
 def test_server_killed_and_restarted(server: Server, tmp_path: Path, mode: str, figures: Figures) -> None:
     """kill -9 of the server and restart, twice, each time while a worker holds: typed errors while it is
-    down, and the workers carry on after. Redis (without persistence: the harder case) forgets every
-    permit and term, and hands them out again while their old holders still believe they hold; the tokens
-    keep rising (from the server clock), so the store refuses the old holders beyond the window. The
-    invariants of ``check`` hold throughout, the observer ends up seeing nobody lead, every worker
-    finishes its sections, and nothing is left behind."""
+    down (a restart can be quick enough that no call meets it), and the workers carry on after. Redis
+    (without persistence: the harder case) forgets every permit and term, and hands them out again while
+    their old holders still believe they hold; the tokens keep rising (from the server clock), so the
+    store refuses the old holders beyond the window. The invariants of ``check`` hold throughout, the
+    observer ends up seeing nobody lead, every worker finishes its sections, and nothing is left behind."""
     figures.update(backend=_backend(server), mode=mode, faults={"server_kill9_restart": 0})
     with _coordination_run(server, tmp_path, mode, sections=4) as run:
         for _ in range(2):
@@ -201,7 +201,6 @@ def test_server_killed_and_restarted(server: Server, tmp_path: Path, mode: str, 
     counts = check(run)
     figures.update(counts)
     assert counts["sections"] == 3 * 4, counts
-    assert counts["errors"] >= 1, counts  # the server was down while a worker held
     # A release that failed while the server was down leaves its entry until its TTL has run out.
     figures["releases_failed"] = sum(1 for r in run.records() if "token" in r and r.get("error") == "BackendError")
     _assert_no_lock_left(server, figures, mode, expiring=figures["releases_failed"] > 0)
