@@ -125,6 +125,22 @@ class FencedStore:
             state["counter"] += 1
             return True, at
 
+    def free(self, within: float) -> bool:
+        """Whether nobody holds the store (its ``flock``) at some moment within ``within`` seconds -- the
+        fault injector's check that a process it froze is not frozen inside an access."""
+        deadline = time.monotonic() + within
+        with open(self.path.with_suffix(".lock"), "a") as guard:
+            while True:
+                try:
+                    fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.002)  # another process's access, a few microseconds long
+                    continue
+                fcntl.flock(guard, fcntl.LOCK_UN)
+                return True
+
     def state(self) -> dict[str, Any]:
         if not self.path.exists():
             return {"counter": 0, "highest": 0, "top": []}
