@@ -154,6 +154,15 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
     yield from running(EtcdCluster())
 
 
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[RedisServer | EtcdServer]:
+    """A server of the test's own, since the test kills or pauses it (the fault tests): ``"etcd"``, or
+    Redis with the given extra arguments (the parameter, given indirectly)."""
+    param = getattr(request, "param", ())
+    srv: RedisServer | EtcdServer = EtcdServer() if param == "etcd" else RedisServer(*param)
+    yield from running(srv)
+
+
 # --- the backends of the contract suite ---------------------------------------------------------------
 # Each factory yields a Backend whose lockers contend with each other, isolated from other tests
 # (a fresh store, or a fresh namespace on a shared server), then checks what it leaves behind.

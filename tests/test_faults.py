@@ -18,7 +18,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pytest
 import redis
 from aetcd import rpc
 
-from distlock_async.testing.servers import EtcdServer, RedisServer, running
+from distlock_async.testing.servers import EtcdServer, RedisServer
 
 from .etcd_helpers import leases
 from .fencing import Figures, Run, check
@@ -37,15 +36,6 @@ FINISH = 60.0  # seconds every worker gets to finish its sections once the fault
 
 
 Server = RedisServer | EtcdServer
-
-
-@pytest.fixture
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    """A server of this test's own, since the test kills or pauses it: ``"etcd"``, or Redis with the
-    given extra arguments."""
-    param = getattr(request, "param", ())
-    srv: Server = EtcdServer() if param == "etcd" else RedisServer(*param)
-    yield from running(srv)
 
 
 BACKENDS = pytest.mark.parametrize("server", [(), "etcd"], ids=["redis", "etcd"], indirect=True)
@@ -76,31 +66,55 @@ def _await_holder(run: Run, after_token: int = 0) -> dict[str, Any]:
     raise AssertionError(f"no worker obtained the lock: {run.records()[-5:]}")
 
 
-def _assert_no_lock_left(server: Server, figures: dict[str, Any]) -> None:
-    """No lock key is left (``orphans``), nor, on etcd, a lease beyond its TTL (``leaked_leases``)."""
+#: Where the checker's name lives on the server, by what the workers take: the Redis key of its holders,
+#: and the etcd prefix of its keys.
+NAMES = {
+    "lock": ("distlock:{checked}", b"distlock/checked/"),
+    "permit": ("distlock:{checked}:permits", b"distlock.semaphore/checked/"),
+    "election": ("distlock:{checked}:leader", b"distlock.election/checked/"),
+}
+
+
+def _assert_no_lock_left(server: Server, figures: dict[str, Any], kind: str = "lock", expiring: bool = False) -> None:
+    """No lock key is left (``orphans``), nor, on etcd, a lease beyond its TTL (``leaked_leases``).
+
+    ``kind``: ``"permit"`` or ``"election"`` look for a semaphore's permits or an election's leader.
+    ``expiring``: a holder went without releasing (killed, or its release failed while the server was
+    down), so its entry may stay until its TTL has run out (reset to full by an etcd restart)."""
+    key, prefix = NAMES[kind]
     if isinstance(server, EtcdServer):
-        asyncio.run(assert_no_etcd_lock_left(server.endpoint, figures))
+        asyncio.run(assert_no_etcd_lock_left(server.endpoint, figures, prefix, expiring))
         return
     client = redis.Redis.from_url(server.url)
     try:
-        figures["orphans"] = client.exists("distlock:{checked}")
+        deadline = time.monotonic() + (2 * TTL + 2 if expiring else 0)
+        while (left := client.exists(key)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the server's expiry: time passing is the point
+        figures["orphans"] = left
     finally:
         client.close()
     assert figures["orphans"] == 0, "a lock was left behind"
 
 
-async def assert_no_etcd_lock_left(endpoint: str, figures: dict[str, Any]) -> None:
+async def assert_no_etcd_lock_left(
+    endpoint: str, figures: dict[str, Any], prefix: bytes = NAMES["lock"][1], expiring: bool = False
+) -> None:
     host, port = endpoint.rsplit(":", 1)
     admin = aetcd.Client(host=host, port=int(port), timeout=5)
     try:
         await admin.connect()
-        prefix = b"distlock/checked/"
-        keys = await admin.kvstub.Range(rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"), timeout=5)
+        # The key of a holder that went without releasing goes with its lease, once its TTL has run out.
+        deadline = time.monotonic() + 2 * TTL + 2
+        keys_deadline = deadline if expiring else 0
+        while True:
+            keys = await admin.kvstub.Range(rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"), timeout=5)
+            if not keys.kvs or time.monotonic() > keys_deadline:
+                break
+            await asyncio.sleep(0.1)  # the server's lease expiry: time passing is the point
         figures["orphans"] = len(keys.kvs)
         assert not keys.kvs, f"a lock was left behind: {[kv.key for kv in keys.kvs]}"
         # The workers closed their lockers, revoking every lease they could. One whose revoke failed during
         # the fault (logged) expires with its TTL -- reset to full by a restart, checked on a 500 ms tick.
-        deadline = time.monotonic() + 2 * TTL + 2
         while (left := await leases(admin)) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)  # the server's lease expiry: time passing is the point
         figures["leaked_leases"] = len(left)

@@ -287,3 +287,27 @@ async def test_cluster_observe_through_another_node_sees_every_change(
             assert await leaders.__anext__() is None
     assert subscriber._pubsub is None, "the observation's subscription outlived it"
     assert not subscriber.queues
+
+
+async def test_an_observation_is_woken_by_changes_after_a_server_restart(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server is killed and restarted under an open observation. A locker from a URL makes its client
+    without redis-py's retries, so the wake-up connection fails for good; once the server is back the
+    observer subscribes again on its next wake-up, and every change after that still wakes it, though its
+    periodic re-read is set to a minute and the leader's TTL is a minute too. (It used to fall back to
+    its timers for the rest of the observation: the fault tests' observer saw 3 changes in 12 terms.)"""
+    monkeypatch.setattr(redis_driver, "OBSERVE_REREAD", 60.0)
+    observer, candidate = (RedisLocker.from_url(server.url) for _ in range(2))
+    async with observer, candidate, observer.election("restarted").observe() as leaders:
+        with anyio.fail_after(10):
+            assert await leaders.__anext__() is None
+        server.restart()  # blocking the loop: the observer notices once the server is back
+        async with candidate.election("restarted").campaign("a", ttl=60) as term:
+            with anyio.fail_after(10):
+                assert await leaders.__anext__() == Leader("a", term.fencing_token)
+        with anyio.fail_after(10):  # the resignation, announced on the channel
+            assert await leaders.__anext__() is None
+        async with candidate.election("restarted").campaign("b", ttl=60) as term:
+            with anyio.fail_after(10):
+                assert await leaders.__anext__() == Leader("b", term.fencing_token)

@@ -391,6 +391,10 @@ class RedisFollower:
         else:
             timeout = OBSERVE_REREAD if self._ttl is None else min(self._ttl, OBSERVE_REREAD)
             await signal.wait(timeout)
+            if self._signal is signal:
+                # The wake-up connection may have failed (a server restart): subscribed again before the
+                # read, as at first, so that a change after the read is announced to us.
+                await self._driver.subscriber.rejoin(self._keys.lock, OBSERVE_REREAD)
         if self._signal is not signal:  # closed meanwhile
             return None
         signal.clear()

@@ -94,6 +94,22 @@ class Subscriber:
         ready = queue.ready
         return ready.done() and not ready.cancelled() and bool(ready.result())
 
+    async def rejoin(self, channel: str, timeout: float) -> bool:
+        """Subscribe ``channel`` again if the connection it was subscribed on has failed (a server restart
+        drops it, and a client without retries does not reconnect it); ``True`` once it is subscribed, or
+        if the connection is up. For a waiter that stays long (an observation), called after each wake-up."""
+        queue = self.queues.get(channel)
+        if queue is None:
+            return False
+        if self._pubsub is not None:
+            return True
+        if queue.ready.done():
+            queue.ready = asyncio.get_running_loop().create_future()
+        self._request(True, channel)  # a new connection subscribes every waiting channel
+        await asyncio.wait({queue.ready}, timeout=timeout)
+        ready = queue.ready
+        return ready.done() and not ready.cancelled() and bool(ready.result())
+
     async def leave(self, channel: str, owner: str) -> None:
         """Remove a waiter. Idempotent: a run cut short by a cancellation is repeated (see ``finish``).
 
