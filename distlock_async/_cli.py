@@ -610,20 +610,12 @@ def _show_leader(name: str, leader: Leader | None, as_json: bool, out: TextIO) -
     out.flush()
 
 
-async def _leader(url: str, name: str, as_json: bool, watch: bool, out: TextIO) -> int:
+async def _leader(url: str, name: str, as_json: bool, watch: bool, out: TextIO, err: TextIO) -> int:
     _refuse_memory(url, "leader")
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    ended: list[int] = []
+    # No command to pass signals on to: SIGINT and SIGTERM end the watch (128 + N).
+    runner = _Runner(err)
 
-    def on_signal(sig: int) -> None:
-        if not ended and task is not None:
-            ended.append(sig)
-            task.cancel()
-
-    for sig in FORWARDED:
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
+    async def show() -> int:
         async with from_url(url) as locker:
             election = locker.election(name)
             if not watch:
@@ -632,17 +624,9 @@ async def _leader(url: str, name: str, as_json: bool, watch: bool, out: TextIO) 
             async with election.observe() as leaders:
                 async for leader in leaders:
                     _show_leader(name, leader, as_json, out)
-    except asyncio.CancelledError:
-        if not ended:
-            raise
-        if task is not None and sys.version_info >= (3, 11):
-            task.uncancel()
-        return EXIT_SIGNAL_BASE + ended[0]
-    else:
         return EXIT_OK  # the observation ended with the locker
-    finally:
-        for sig in FORWARDED:
-            loop.remove_signal_handler(sig)
+
+    return await _interruptible(runner, show)
 
 
 # --- demo -----------------------------------------------------------------------------------------------
@@ -874,7 +858,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.command == "elect":
             return asyncio.run(_elect(args, sys.stderr))
         if args.command == "leader":
-            return asyncio.run(_leader(args.url, args.name, args.json, args.watch, sys.stdout))
+            return asyncio.run(_leader(args.url, args.name, args.json, args.watch, sys.stdout, sys.stderr))
     except (ValueError, _UsageError) as exc:
         print(f"distlock: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -175,14 +175,13 @@ class _MemoryContender:
 class _MemoryFollower:
     """An ``observe()`` of an election in the store: woken by every change of the name."""
 
-    __slots__ = ("_closed", "_key", "_signal", "_started", "_store")
+    __slots__ = ("_key", "_signal", "_started", "_store")
 
     def __init__(self, store: MemoryStore, key: str) -> None:
         self._store = store
         self._key = key
         self._signal = Signal()
         self._started = False
-        self._closed = False
 
     async def next(self) -> Leader | None:
         store, key = self._store, self._key
@@ -192,16 +191,14 @@ class _MemoryFollower:
             name = store._name(_LEADER, key, now) or store._names.setdefault((_LEADER, key), _Name())
             name.observers.add(self._signal)
         else:
-            leader = _leader(store, key, _now())
+            entry = _leader(store, key, _now())
             # A leader's expiry is a change nobody announces: wake up for it.
-            timeout = math.inf if leader is None else leader[1].expires_at - _now()
+            timeout = math.inf if entry is None else entry.expires_at - _now()
             await self._signal.wait(timeout)
         self._signal.clear()
-        found = _leader(store, key, _now())
-        return None if found is None else Leader(found[1].value, found[1].fence)
+        return _as_leader(_leader(store, key, _now()))
 
     async def aclose(self) -> None:
-        self._closed = True
         self._signal.set()  # a next() under way returns
         name = self._store._names.get((_LEADER, self._key))
         if name is not None:
@@ -210,11 +207,14 @@ class _MemoryFollower:
         await anyio.lowlevel.checkpoint()
 
 
-def _leader(store: MemoryStore, key: str, now: float) -> tuple[str, _Entry] | None:
+def _leader(store: MemoryStore, key: str, now: float) -> _Entry | None:
+    """The entry of the election's leader, if anyone leads."""
     name = store._name(_LEADER, key, now)
-    if name is None or not name.holders:
-        return None
-    return next(iter(name.holders.items()))
+    return None if name is None else next(iter(name.holders.values()), None)
+
+
+def _as_leader(entry: _Entry | None) -> Leader | None:
+    return None if entry is None else Leader(entry.value, entry.fence)
 
 
 class _MemoryDriver:
@@ -272,8 +272,7 @@ class _MemoryDriver:
 
     async def leader(self, key: str) -> Leader | None:
         await anyio.lowlevel.checkpoint()
-        found = _leader(self.store, key, _now())
-        return None if found is None else Leader(found[1].value, found[1].fence)
+        return _as_leader(_leader(self.store, key, _now()))
 
     def follow(self, key: str) -> _MemoryFollower:
         return _MemoryFollower(self.store, key)

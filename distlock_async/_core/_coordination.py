@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._errors import LockNotHeldError
 from .._protocols import Leader
-from .._validate import check_seconds, check_value
+from .._validate import check_value
 from . import _metrics
 from ._aio import finish
 from ._driver import Driver, Elections, Follower, H
@@ -91,9 +91,7 @@ class ElectionHandle(Generic[H]):
         return f"<distlock_async.Election name={self._name!r}>"
 
     def campaign(self, value: str, *, ttl: float | None = None) -> LockContext[HeldTerm[H]]:
-        check_value(value)
-        if ttl is not None:
-            check_seconds("ttl", ttl)
+        check_value(value)  # ttl is checked with the other settings, by the locker's _context
         elections = self._elections
         make = partial(HeldTerm, elections=elections, value=value)
         space: Space[H, HeldTerm[H]] = Space(elections.candidates(value), _metrics.LEADER, make)

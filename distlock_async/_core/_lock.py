@@ -96,13 +96,13 @@ class HeldLock(Generic[H]):
         handle: H,
         ttl: float,
         interval: float,
-        kind: str = _metrics.LOCK,
-        driver: Driver[H] | None = None,
+        kind: str,
+        driver: Driver[H],
     ) -> None:
         self._binding = binding
         #: What ``release``/``refresh``/``ttl`` talk to: the locker's driver, or its view for permits or
         #: for leadership.
-        self._driver = binding.driver if driver is None else driver
+        self._driver = driver
         self._key = key
         self._token = token
         self._holder = holder

@@ -51,6 +51,14 @@ class Channel:
             signal.set()
 
 
+async def _subscribed(queue: Channel, timeout: float) -> bool:
+    """Whether ``queue``'s channel is subscribed within ``timeout`` seconds. Running out of time just means
+    "no wake-ups yet": the caller's own timer still bounds its wait."""
+    await asyncio.wait({queue.ready}, timeout=timeout)
+    ready = queue.ready
+    return ready.done() and not ready.cancelled() and bool(ready.result())
+
+
 class Subscriber:
     """One pub/sub connection per locker, subscribed to the keys its tasks are waiting for.
 
@@ -89,10 +97,7 @@ class Subscriber:
             queue = self.queues[channel] = Channel()
             queue.waiters[owner] = signal
             self._request(True, channel)
-        # Running out of time just means "no wake-ups yet": the caller's timer still bounds the wait.
-        await asyncio.wait({queue.ready}, timeout=timeout)
-        ready = queue.ready
-        return ready.done() and not ready.cancelled() and bool(ready.result())
+        return await _subscribed(queue, timeout)
 
     async def rejoin(self, channel: str, timeout: float) -> bool:
         """Subscribe ``channel`` again if the connection it was subscribed on has failed (a server restart
@@ -106,9 +111,7 @@ class Subscriber:
         if queue.ready.done():
             queue.ready = asyncio.get_running_loop().create_future()
         self._request(True, channel)  # a new connection subscribes every waiting channel
-        await asyncio.wait({queue.ready}, timeout=timeout)
-        ready = queue.ready
-        return ready.done() and not ready.cancelled() and bool(ready.result())
+        return await _subscribed(queue, timeout)
 
     async def leave(self, channel: str, owner: str) -> None:
         """Remove a waiter. Idempotent: a run cut short by a cancellation is repeated (see ``finish``).
