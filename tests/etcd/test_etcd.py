@@ -8,12 +8,13 @@ handed-out lock does not explain, and no watch left open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
 import socket
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import astuple
 from typing import Any
 
@@ -34,7 +35,7 @@ from distlock_async._backends.etcd.errors import StreamFailed, map_errors
 from distlock_async.testing.servers import EtcdCluster, EtcdServer, find_binary, free_port, running
 
 from ..etcd_helpers import has_keys, keys, leases, metrics, poll_until, revoke, unary_calls
-from ..helpers import OPERATIONS, lock_operation
+from ..helpers import OPERATIONS, WAITING, LogCount, lock_operation, log_count
 from ..proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -52,46 +53,13 @@ async def no_leases(admin: aetcd.Client) -> bool:
     return not await leases(admin)
 
 
-class _Counter(logging.Handler):
-    def __init__(self, needle: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.needle = needle
-        self.count = 0
-        self.changed = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.needle in record.getMessage():
-            self.count += 1
-            self.changed.set()
-
-    async def until(self, n: int) -> None:
-        with anyio.fail_after(LIMIT):
-            while self.count < n:
-                self.changed.clear()
-                await self.changed.wait()
-
-
 @pytest.fixture
-def counter() -> Iterator[Any]:
+def counter() -> Iterator[Callable[[str], LogCount]]:
     """``counter(needle)``: counts the ``distlock_async`` log records containing ``needle``."""
-    logger = logging.getLogger("distlock_async")
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    handlers: list[_Counter] = []
-
-    def make(needle: str) -> _Counter:
-        handler = _Counter(needle)
-        logger.addHandler(handler)
-        handlers.append(handler)
-        return handler
-
-    yield make
-    for handler in handlers:
-        logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with contextlib.ExitStack() as counts:
+        yield lambda needle: counts.enter_context(log_count(needle))
 
 
-WAITING = "is held by another owner; waiting"
 WOKEN = "the key ahead of ours is gone"
 
 

@@ -24,14 +24,13 @@ from distlock_async._backends.etcd.streams import Watch
 from distlock_async.testing.servers import EtcdServer, find_binary
 
 from ..etcd_helpers import TracingEtcdLocker, has_keys, keys, leases, poll_until, revoke, watchers
-from ..helpers import log_event
+from ..helpers import WAITING, log_event
 
 pytestmark = pytest.mark.anyio
 
 LIMIT = 20.0
 SEMAPHORES = "distlock.semaphore/"
 ELECTIONS = "distlock.election/"
-WAITING = "is held by another owner; waiting"
 
 
 async def next_leader(observation: Observation, within: float = LIMIT) -> Leader | None:
