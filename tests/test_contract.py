@@ -105,11 +105,13 @@ async def test_obtain_raises_not_obtained_naming_the_key_when_the_budget_is_spen
     await holder.release()
 
 
-async def test_obtain_with_max_retries_0_fails_at_once(backend: Backend) -> None:
+@pytest.mark.parametrize("budget", [{"max_retries": 0}, {"timeout": 0}], ids=["max_retries", "timeout"])
+async def test_a_budget_of_0_tries_once_and_fails_at_once(backend: Backend, budget: dict[str, int]) -> None:
+    """``max_retries=0``, and ``timeout=0`` likewise: one attempt, then ``NotObtainedError``, no wait."""
     holder = await backend.locker().obtain("k")
     # With a 60 s retry_delay any wait would trip the 20 s limit.
     with anyio.fail_after(LIMIT), pytest.raises(NotObtainedError):
-        await backend.locker().obtain("k", max_retries=0, retry_delay=60)
+        await backend.locker().obtain("k", retry_delay=60, **budget)
     await holder.release()
 
 
@@ -241,12 +243,7 @@ async def test_a_timeout_that_runs_out_raises_not_obtained_after_about_that_long
     await holder.release()
 
 
-async def test_a_timeout_of_0_tries_once(backend: Backend) -> None:
-    holder = await backend.locker().obtain("k")
-    # With a 60 s retry_delay any wait would trip the 20 s limit.
-    with anyio.fail_after(LIMIT), pytest.raises(NotObtainedError):
-        await backend.locker().obtain("k", timeout=0, retry_delay=60)
-    await holder.release()
+# (``timeout=0``: see test_a_budget_of_0_tries_once_and_fails_at_once.)
 
 
 @pytest.mark.parametrize("how", ["obtain", "lock"])
