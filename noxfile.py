@@ -154,9 +154,9 @@ _SHARED += ["tests/test_semaphore.py", "tests/test_election.py", "tests/test_ins
 MATRIX_TESTS = {
     "etcd": (
         [
-            "tests/test_etcd.py",
-            "tests/test_etcd_coordination.py",
-            "tests/test_etcd_security.py",
+            "tests/etcd/test_etcd.py",
+            "tests/etcd/test_etcd_coordination.py",
+            "tests/etcd/test_etcd_security.py",
             "tests/test_faults_cluster.py",
             *_SHARED,
         ],

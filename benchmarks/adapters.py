@@ -8,6 +8,7 @@ Each one is used the way its own documentation shows: defaults kept except the T
 from __future__ import annotations
 
 import asyncio
+import importlib
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -36,10 +37,38 @@ class Adapter:
         raise NotImplementedError
 
     async def release(self, handle: Any) -> None:
-        raise NotImplementedError
+        """Give back what ``acquire`` returned: by default, with that lock's own ``release()``."""
+        await handle.release()
 
     async def aclose(self) -> None:
         """Disconnect."""
+
+
+class _ByUrl(Adapter):
+    """An adapter of the server at ``url``, of the library ``library`` if it names one (imported as
+    ``module`` here: the adapter is ``unavailable`` if that fails)."""
+
+    library: ClassVar[str | None] = None
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if self.library is None:
+            return
+        try:
+            self.module = importlib.import_module(self.library)
+        except Exception as exc:  # pragma: no cover - depends on the bench environment (aioredis 1.x
+            # breaks on some Pythons with more than an ImportError)
+            self.unavailable = f"does not import: {exc!r}"
+
+
+class _RedisClient(_ByUrl):
+    """An adapter on one ``redis.asyncio`` client of ``url``."""
+
+    async def setup(self) -> None:
+        self.client = redis.asyncio.Redis.from_url(self.url)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 # --- Redis ------------------------------------------------------------------------------------------
@@ -52,7 +81,7 @@ return 0
 """
 
 
-class RedisRaw(Adapter):
+class RedisRaw(_RedisClient):
     """The lower bound: ``SET k t NX PX`` and an ``EVALSHA`` compare-and-delete, on one client.
 
     It waits by polling every millisecond, which no library would ship (it costs a command per
@@ -61,11 +90,8 @@ class RedisRaw(Adapter):
 
     name = "raw"
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-
     async def setup(self) -> None:
-        self.client = redis.asyncio.Redis.from_url(self.url)
+        await super().setup()
         self.sha = await self.client.script_load(_COMPARE_AND_DELETE)
 
     async def acquire(self, key: str) -> Any:
@@ -78,17 +104,11 @@ class RedisRaw(Adapter):
         key, token = handle
         await self.client.evalsha(self.sha, 1, f"raw:{key}", token)
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
-
-class Ours(Adapter):
+class Ours(_ByUrl):
     """``locker.obtain`` and ``Lock.release`` on whichever backend ``url`` names."""
 
     name = "distlock_async"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
 
     async def setup(self) -> None:
         # A generous budget: scenario C's waiters must not give up; wake-ups do the waiting.
@@ -97,49 +117,26 @@ class Ours(Adapter):
     async def acquire(self, key: str) -> Any:
         return await self.locker.obtain(key)
 
-    async def release(self, handle: Any) -> None:
-        await handle.release()
-
     async def aclose(self) -> None:
         await self.locker.aclose()
 
 
-class RedisPy(Adapter):
+class RedisPy(_RedisClient):
     """redis-py's ``redis.asyncio.lock.Lock``: ``SET NX PX``, polls every 0.1 s while waiting."""
 
     name = "redis-py Lock"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def setup(self) -> None:
-        self.client = redis.asyncio.Redis.from_url(self.url)
 
     async def acquire(self, key: str) -> Any:
         lock = self.client.lock(f"redis-py:{key}", timeout=TTL)
         await lock.acquire()
         return lock
 
-    async def release(self, handle: Any) -> None:
-        await handle.release()
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
-class PythonRedisLock(Adapter):
+class PythonRedisLock(_ByUrl):
     """python-redis-lock: synchronous, so each call runs in a worker thread, as an asyncio user would."""
 
     name = "python-redis-lock"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        try:
-            import redis_lock
-        except ImportError as exc:  # pragma: no cover - depends on the bench environment
-            self.unavailable = f"does not import: {exc}"
-        else:
-            self.module = redis_lock
+    library = "redis_lock"
 
     async def setup(self) -> None:
         self.client = redis.Redis.from_url(self.url, max_connections=256)
@@ -163,48 +160,23 @@ class PythonRedisLock(Adapter):
         self.client.close()
 
 
-class Pottery(Adapter):
+class Pottery(_RedisClient):
     """pottery's ``AIORedlock`` with one master; polls at random 0-0.2 s intervals while waiting."""
 
     name = "pottery AIORedlock"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        try:
-            from pottery import AIORedlock
-        except ImportError as exc:  # pragma: no cover
-            self.unavailable = f"does not import: {exc}"
-        else:
-            self.cls = AIORedlock
-
-    async def setup(self) -> None:
-        self.client = redis.asyncio.Redis.from_url(self.url)
+    library = "pottery"
 
     async def acquire(self, key: str) -> Any:
-        lock = self.cls(key=key, masters={self.client}, auto_release_time=TTL)
+        lock = self.module.AIORedlock(key=key, masters={self.client}, auto_release_time=TTL)
         await lock.acquire()
         return lock
 
-    async def release(self, handle: Any) -> None:
-        await handle.release()
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
-class Aioredlock(Adapter):
+class Aioredlock(_ByUrl):
     """aioredlock (over aioredis 1.3): three tries 0.1-0.3 s apart, so waiting means trying again."""
 
     name = "aioredlock"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        try:
-            import aioredlock
-        except Exception as exc:  # pragma: no cover - aioredis 1.x breaks on some Pythons
-            self.unavailable = f"does not import: {exc!r}"
-        else:
-            self.module = aioredlock
+    library = "aioredlock"
 
     async def setup(self) -> None:
         kwargs = redis.asyncio.ConnectionPool.from_url(self.url).connection_kwargs
@@ -239,13 +211,8 @@ def etcd_client(endpoint: str) -> Any:
     return aetcd.Client(host=host, port=int(port), timeout=5)
 
 
-class EtcdRaw(Adapter):
-    """The lower bound: a create-if-absent txn under a lease granted once, and a compare-and-delete txn.
-
-    It waits by polling every millisecond, like the Redis bound.
-    """
-
-    name = "raw"
+class _EtcdClient(Adapter):
+    """An adapter on one aetcd client of the member at ``endpoint`` (``host:port``)."""
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -253,6 +220,21 @@ class EtcdRaw(Adapter):
     async def setup(self) -> None:
         self.client = etcd_client(self.endpoint)
         await self.client.connect()
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class EtcdRaw(_EtcdClient):
+    """The lower bound: a create-if-absent txn under a lease granted once, and a compare-and-delete txn.
+
+    It waits by polling every millisecond, like the Redis bound.
+    """
+
+    name = "raw"
+
+    async def setup(self) -> None:
+        await super().setup()
         self.lease = await self.client.lease(600)
 
     async def acquire(self, key: str) -> Any:
@@ -281,31 +263,18 @@ class EtcdRaw(Adapter):
         except Exception as exc:  # aetcd's ClientError: the between-round cleanup revoked it already
             if "lease not found" not in str(exc):
                 raise
-        await self.client.close()
+        await super().aclose()
 
 
-class AetcdLock(Adapter):
+class AetcdLock(_EtcdClient):
     """aetcd's ``Lock``: a new lease per attempt (never revoked), waits on a watch for the key's deletion."""
 
     name = "aetcd Lock"
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-
-    async def setup(self) -> None:
-        self.client = etcd_client(self.endpoint)
-        await self.client.connect()
 
     async def acquire(self, key: str) -> Any:
         lock = self.client.lock(f"aetcd/{key}".encode(), ttl=int(TTL))
         await lock.acquire(timeout=None)
         return lock
-
-    async def release(self, handle: Any) -> None:
-        await handle.release()
-
-    async def aclose(self) -> None:
-        await self.client.close()
 
 
 def etcd_adapters(endpoint: str) -> list[Adapter]:

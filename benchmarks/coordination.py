@@ -31,15 +31,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 from distlock_async import Options, from_url
-from distlock_async.testing.servers import EtcdServer, RedisServer
 
-from .workers import quantile, run_together
+from .workers import each_backend, quantile, run_tasks, run_together, spawn, started
 
-ROOT = Path(__file__).resolve().parent.parent
 NAME = "bench-s"
 _runs = itertools.count()
 
@@ -49,13 +46,7 @@ def _url(backend: str, address: str) -> str:
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.coordination", *args],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    return spawn("benchmarks.coordination", *args)
 
 
 # --- S: a semaphore --------------------------------------------------------------------------------------
@@ -66,10 +57,7 @@ async def _permit_worker(url: str, name: str, tasks: int, limit: int, seconds: f
     async with locker:
         # Once outside the measurement: connections, scripts and leases are ready.
         await (await locker.obtain_permit(f"{NAME}-warm-up-{os.getpid()}", limit)).release()
-        print("ready", flush=True)
-        start = float(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
-        await asyncio.sleep(max(0.0, start - time.monotonic()))
-        stop = start + seconds
+        stop = await started() + seconds
         records: list[tuple[float, float, float]] = []
         waiting: dict[int, float] = {}
 
@@ -86,13 +74,7 @@ async def _permit_worker(url: str, name: str, tasks: int, limit: int, seconds: f
                     await permit.release()
                 records.append((asked, got, done))
 
-        runners = [asyncio.ensure_future(task(n)) for n in range(tasks)]
-        await asyncio.sleep(max(0.0, stop - time.monotonic()))
-        ended = time.monotonic()
-        unfinished = [ended - asked for asked in waiting.values()]
-        for runner in runners:
-            runner.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+        unfinished = await run_tasks(task, tasks, stop, waiting)
     return {"records": records, "unfinished_waits": unfinished}
 
 
@@ -300,15 +282,9 @@ def main() -> None:
         )
         asyncio.run(_until_sigterm(work))
         return
-    results: dict[str, Any] = {}
-    for backend in args.backend or ["redis", "etcd"]:
-        server: RedisServer | EtcdServer = RedisServer() if backend == "redis" else EtcdServer(fast=False)
-        server.start()
-        try:
-            address = server.url if isinstance(server, RedisServer) else server.endpoint
-            results[backend] = run_backend(backend, address, seconds=args.seconds, runs=args.runs)
-        finally:
-            server.cleanup()
+    results = each_backend(
+        args.backend, lambda backend, address: run_backend(backend, address, seconds=args.seconds, runs=args.runs)
+    )
     print(json.dumps(results, indent=2))
 
 

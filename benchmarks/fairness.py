@@ -26,16 +26,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from distlock_async.testing.servers import EtcdServer, RedisServer
-
 from .adapters import Adapter, etcd_adapters, redis_adapters
-from .workers import quantile, run_together
+from .workers import ROOT, each_backend, quantile, run_tasks, run_together, spawn, started
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-f"
 
 
@@ -53,10 +49,7 @@ async def _work(backend: str, name: str, address: str, tasks: int, seconds: floa
     await adapter.setup()
     # Take the lock once outside the measurement: connections, scripts and leases are ready.
     await adapter.release(await adapter.acquire(f"{KEY}-warm-up-{time.monotonic_ns()}"))
-    print("ready", flush=True)
-    start = float(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
-    await asyncio.sleep(max(0.0, start - time.monotonic()))
-    stop = start + seconds
+    stop = await started() + seconds
     records: list[tuple[int, float, float, float]] = []
     gave_up = 0
     waiting: dict[int, float] = {}
@@ -78,14 +71,7 @@ async def _work(backend: str, name: str, address: str, tasks: int, seconds: floa
             await adapter.release(handle)
             records.append((me, asked, got, done))
 
-    runners = [asyncio.ensure_future(task(n)) for n in range(tasks)]
-    await asyncio.sleep(max(0.0, stop - time.monotonic()))
-    # Tasks still waiting at the end are stopped; their waits so far count.
-    ended = time.monotonic()
-    unfinished = [ended - asked for asked in waiting.values()]
-    for runner in runners:
-        runner.cancel()
-    await asyncio.gather(*runners, return_exceptions=True)
+    unfinished = await run_tasks(task, tasks, stop, waiting)
     with contextlib.suppress(Exception):
         await adapter.aclose()
     return {"records": records, "gave_up": gave_up, "unfinished_waits": unfinished}
@@ -104,13 +90,7 @@ async def _proxy(target_port: int, delay: float) -> None:
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.fairness", *args],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    return spawn("benchmarks.fairness", *args)
 
 
 def run(
@@ -239,15 +219,9 @@ def main() -> None:
         asyncio.run(_proxy(args.port, args.delay))
         return
     settings = {"processes": args.processes, "tasks": args.tasks, "seconds": args.seconds}
-    results: dict[str, Any] = {}
-    for backend in args.backend or ["redis", "etcd"]:
-        server: RedisServer | EtcdServer = RedisServer() if backend == "redis" else EtcdServer(fast=False)
-        server.start()
-        try:
-            address = server.url if isinstance(server, RedisServer) else server.endpoint
-            results[backend] = run_backend(backend, address, args.adapter, **settings)
-        finally:
-            server.cleanup()
+    results = each_backend(
+        args.backend, lambda backend, address: run_backend(backend, address, args.adapter, **settings)
+    )
     print(json.dumps(results, indent=2))
 
 

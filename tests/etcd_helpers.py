@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aetcd
+import grpc
 from aetcd import rpc
 
 from distlock_async import EtcdLocker
@@ -51,6 +54,38 @@ async def leases(admin: aetcd.Client) -> set[int]:
     await admin.connect()
     reply = await admin.leasestub.LeaseLeases(rpc.LeaseLeasesRequest(), timeout=5)
     return {lease.ID for lease in reply.leases}
+
+
+async def keys(admin: aetcd.Client, prefix: str) -> list[Any]:
+    """Every key under ``prefix``, oldest first (nested names' included)."""
+    raw = prefix.encode()
+    request = rpc.RangeRequest(
+        key=raw,
+        range_end=raw[:-1] + bytes([raw[-1] + 1]),
+        sort_order=rpc.RangeRequest.SortOrder.ASCEND,
+        sort_target=rpc.RangeRequest.SortTarget.CREATE,
+    )
+    reply = await admin.kvstub.Range(request, timeout=5)
+    return list(reply.kvs)
+
+
+async def has_keys(admin: aetcd.Client, prefix: str, n: int) -> bool:
+    """Whether ``n`` or more keys are under ``prefix`` (for :func:`poll_until`)."""
+    return len(await keys(admin, prefix)) >= n
+
+
+async def revoke(admin: aetcd.Client, lease_id: int) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError):  # gone already
+        await admin.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=5)
+
+
+async def poll_until(condition: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    """Wait (bounded) for a state that only the server can show: an outside process's key, say."""
+    for _ in range(int(within / 0.01)):
+        if await condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server never reached the expected state")
 
 
 def watchers(port: int) -> int:

@@ -530,8 +530,9 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-def check(run: Run) -> dict[str, int]:
-    """The invariants of a finished run; returns counts for the test to state its expectations with.
+def check(run: Run, figures: Figures | None = None) -> dict[str, int]:
+    """The invariants of a finished run; returns counts for the test to state its expectations with, and
+    adds them to ``figures`` if given (a fault test's ``FIGURES`` line).
 
     A *section* here is what holds: a lock or a permit from grant to the end of its work (before its
     release), or a leader's term. A *write* is one read-hold-write through the store (one per section;
@@ -586,7 +587,7 @@ def check(run: Run) -> dict[str, int]:
     seen = _check_observers(run, records)
     counter = int(run.store.state()["counter"])
     assert len(accepted) <= counter <= len(accepted) + len(run.killed), f"an accepted write was lost: {counter}"
-    return {
+    counts = {
         "sections": len(held),
         "writes": len(writes),
         "accepted": len(accepted),
@@ -601,6 +602,9 @@ def check(run: Run) -> dict[str, int]:
         "errors": sum(1 for r in records if r["event"] == run._end_event and "error" in r),
         **seen,
     }
+    if figures is not None:
+        figures.update(counts)
+    return counts
 
 
 def _check_observers(run: Run, records: list[dict[str, Any]]) -> dict[str, int]:

@@ -7,42 +7,76 @@ import logging
 import re
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 
-from distlock_async import Locker, Options
+from distlock_async import Locker, MemoryLocker, Options
 from distlock_async.testing.servers import ServerMissing, running
 
 
-class _Watch(logging.Handler):
+class LogCount(logging.Handler):
+    """Counts the ``distlock_async`` log records containing ``needle`` (see :func:`log_count`)."""
+
     def __init__(self, needle: str) -> None:
         super().__init__(logging.DEBUG)
         self.needle = needle
-        self.event = asyncio.Event()
+        self.count = 0
+        #: Set at each such record; :meth:`until` clears it.
+        self.changed = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.needle in record.getMessage():
-            self.event.set()
+            self.count += 1
+            self.changed.set()
+
+    async def until(self, n: int, within: float = 20.0) -> None:
+        """Wait (bounded) until ``n`` such records have been logged in all."""
+        with anyio.fail_after(within):
+            while self.count < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@contextmanager
+def log_count(needle: str) -> Iterator[LogCount]:
+    """A count of the ``distlock_async`` log records containing ``needle``, from now to the end of the block."""
+    logger = logging.getLogger("distlock_async")
+    handler = LogCount(needle)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 @contextmanager
 def log_event(needle: str) -> Iterator[asyncio.Event]:
     """An event set when the ``distlock_async`` logger emits a record containing ``needle``."""
-    logger = logging.getLogger("distlock_async")
-    handler = _Watch(needle)
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield handler.event
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    with log_count(needle) as count:
+        yield count.changed
+
+
+#: What the library logs when an attempt finds the name taken and the caller waits for it.
+WAITING = "is held by another owner; waiting"
+
+_T = TypeVar("_T")
+
+
+async def waiting(work: Awaitable[_T], within: float = 20.0) -> asyncio.Future[_T]:
+    """``work`` started as a task, once it has logged that it waits (see :data:`WAITING`)."""
+    with log_event(WAITING) as queued, anyio.fail_after(within):
+        task = asyncio.ensure_future(work)
+        await queued.wait()
+    return task
 
 
 @dataclass
@@ -69,6 +103,18 @@ class Backend:
             await locker.aclose()
 
 
+class _BareDriver:
+    cleanup_timeout = 1.0
+
+
+def driverless_locker() -> MemoryLocker:
+    """A locker whose driver has none of the optional capabilities (inspect, semaphores, elections): what
+    a third-party driver that implements only locks looks like to the locker."""
+    locker = MemoryLocker()
+    locker._driver = _BareDriver()  # type: ignore[assignment]
+    return locker
+
+
 #: What a cancellation test interrupts: see :func:`lock_operation`.
 OPERATIONS = ("obtain", "lock", "refresh", "release")
 
@@ -84,6 +130,14 @@ async def lock_operation(locker: Locker, key: str, what: str) -> None:
             await lock.refresh()
         if what == "release":
             await lock.release()
+
+
+async def run_concurrently(worker: Callable[[int], Coroutine[Any, Any, None]], count: int, within: float = 60) -> None:
+    """``worker(0)`` to ``worker(count - 1)`` as concurrent tasks, every one finished within ``within`` seconds."""
+    with anyio.fail_after(within):
+        async with anyio.create_task_group() as tg:
+            for n in range(count):
+                tg.start_soon(worker, n)
 
 
 def run_user_suite(directory: Path, name: str, source: str) -> str:

@@ -28,7 +28,7 @@ from distlock_async import (
     Refresher,
 )
 
-from .helpers import Backend, log_event
+from .helpers import WAITING, Backend, log_count, log_event, run_concurrently, waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -105,11 +105,13 @@ async def test_obtain_raises_not_obtained_naming_the_key_when_the_budget_is_spen
     await holder.release()
 
 
-async def test_obtain_with_max_retries_0_fails_at_once(backend: Backend) -> None:
+@pytest.mark.parametrize("budget", [{"max_retries": 0}, {"timeout": 0}], ids=["max_retries", "timeout"])
+async def test_a_budget_of_0_tries_once_and_fails_at_once(backend: Backend, budget: dict[str, int]) -> None:
+    """``max_retries=0``, and ``timeout=0`` likewise: one attempt, then ``NotObtainedError``, no wait."""
     holder = await backend.locker().obtain("k")
     # With a 60 s retry_delay any wait would trip the 20 s limit.
     with anyio.fail_after(LIMIT), pytest.raises(NotObtainedError):
-        await backend.locker().obtain("k", max_retries=0, retry_delay=60)
+        await backend.locker().obtain("k", retry_delay=60, **budget)
     await holder.release()
 
 
@@ -170,11 +172,7 @@ async def test_waiters_of_several_lockers_are_served_in_the_order_they_queued(ba
         served.append(n)
         await lock.release()
 
-    tasks = []
-    for n in range(5):
-        with log_event("is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
-            tasks.append(asyncio.ensure_future(wait(n)))
-            await queued.wait()
+    tasks = [await waiting(wait(n)) for n in range(5)]  # one after another
     await holder.release()
     with anyio.fail_after(LIMIT):
         await asyncio.gather(*tasks)
@@ -245,28 +243,7 @@ async def test_a_timeout_that_runs_out_raises_not_obtained_after_about_that_long
     await holder.release()
 
 
-async def test_a_timeout_of_0_tries_once(backend: Backend) -> None:
-    holder = await backend.locker().obtain("k")
-    # With a 60 s retry_delay any wait would trip the 20 s limit.
-    with anyio.fail_after(LIMIT), pytest.raises(NotObtainedError):
-        await backend.locker().obtain("k", timeout=0, retry_delay=60)
-    await holder.release()
-
-
-class _Polls(logging.Handler):
-    """Counts a waiter's polls (the core's "waiting" records) and sets ``event`` at ``target``."""
-
-    def __init__(self, target: int) -> None:
-        super().__init__(logging.DEBUG)
-        self.target = target
-        self.count = 0
-        self.event = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "is held by another owner; waiting" in record.getMessage():
-            self.count += 1
-            if self.count >= self.target:
-                self.event.set()
+# (``timeout=0``: see test_a_budget_of_0_tries_once_and_fails_at_once.)
 
 
 @pytest.mark.parametrize("how", ["obtain", "lock"])
@@ -285,21 +262,12 @@ async def test_timeout_inf_waits_through_a_holder_that_releases_late(backend: Ba
             async with waiter.lock("k", timeout=math.inf) as lock:
                 got.append(lock.fencing_token)
 
-    polls = _Polls(target=5)
-    logger = logging.getLogger("distlock_async")
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(polls)
-    try:
-        with anyio.fail_after(LIMIT):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(wait_for_it)
-                await polls.event.wait()  # it kept polling, well past what max_retries=0 allows
-                assert not got
-                await holder.release()
-    finally:
-        logger.removeHandler(polls)
-        logger.setLevel(old_level)
+    with log_count(WAITING) as polls, anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_it)
+            await polls.until(5)  # it kept polling, well past what max_retries=0 allows
+            assert not got
+            await holder.release()
     assert got
     assert got[0] > holder.fencing_token
 
@@ -772,10 +740,7 @@ async def test_mutual_exclusion_under_contention_of_16_tasks(backend: Backend) -
             holder.remove(n)
             await lock.release()
 
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            for n in range(16):
-                tg.start_soon(worker, n)
+    await run_concurrently(worker, 16)
     assert violations == 0
     assert len(grants) == 16 * rounds
     assert grants == sorted(grants)

@@ -66,6 +66,15 @@ def _await_holder(run: Run, after_token: int = 0) -> dict[str, Any]:
     raise AssertionError(f"no worker obtained the lock: {run.records()[-5:]}")
 
 
+def _restart_twice_while_held(server: Server, run: Run, figures: Figures) -> None:
+    """kill -9 and restart ``server`` twice, each time once a worker holds; then let the workers finish."""
+    for _ in range(2):
+        _await_holder(run)
+        server.restart()
+        figures["faults"]["server_kill9_restart"] += 1
+    run.wait(FINISH)
+
+
 #: Where the checker's name lives on the server, by what the workers take: the Redis key of its holders,
 #: and the etcd prefix of its keys.
 NAMES = {
@@ -127,8 +136,7 @@ def test_without_faults_every_section_is_accepted(server: RedisServer, tmp_path:
     figures.update(backend="redis", faults={})
     with _run(server, tmp_path, workers=3, sections=6) as run:
         run.wait(FINISH)
-    counts = check(run)
-    figures.update(counts)
+    counts = check(run, figures)
     assert counts["accepted"] == 18, counts
     assert counts["overlaps"] == 0, counts
     assert counts["errors"] == 0, counts
@@ -158,8 +166,7 @@ def test_holder_paused_past_its_ttl_is_fenced_off(server: Server, tmp_path: Path
             time.sleep(2 * TTL)  # the fault's length, not a wait for something
             os.kill(pid, signal.SIGCONT)
         run.wait(FINISH)
-    counts = check(run)
-    figures.update(counts)
+    counts = check(run, figures)
     if mode == "obtain":
         assert counts["not_held"] >= 2, counts
     else:
@@ -182,13 +189,8 @@ def test_server_killed_and_restarted(server: Server, tmp_path: Path, figures: Fi
     """
     figures.update(backend=_backend(server), faults={"server_kill9_restart": 0})
     with _run(server, tmp_path, workers=3, sections=6) as run:
-        for _ in range(2):
-            _await_holder(run)
-            server.restart()
-            figures["faults"]["server_kill9_restart"] += 1
-        run.wait(FINISH)
-    counts = check(run)
-    figures.update(counts)
+        _restart_twice_while_held(server, run, figures)
+    counts = check(run, figures)
     assert counts["sections"] >= 18, counts
     _assert_no_lock_left(server, figures)
 
@@ -204,8 +206,7 @@ def test_server_paused_longer_than_ttl(server: Server, tmp_path: Path, figures: 
         time.sleep(1.5 * TTL)
         server.resume()
         run.wait(FINISH)
-    counts = check(run)
-    figures.update(counts)
+    counts = check(run, figures)
     assert counts["errors"] >= 1, counts
     slowest = max(r.get("error_after_ms", 0) for r in run.records())
     # The deadline is 0.5 s on Redis (redis-py's own retries would take 5 s and more) and 1 s on etcd,

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from .fencing import Figures, Run, check
-from .test_faults import FINISH, Server, _assert_no_lock_left, _await_holder, _backend, _run
+from .test_faults import FINISH, Server, _assert_no_lock_left, _await_holder, _backend, _restart_twice_while_held, _run
 
 BACKENDS = pytest.mark.parametrize("server", [(), "etcd"], ids=["redis", "etcd"], indirect=True)
 MODES = pytest.mark.parametrize("mode", ["permit", "election"])
@@ -135,8 +135,7 @@ def test_holder_paused_past_its_ttl_is_fenced_off(server: Server, tmp_path: Path
                 os.kill(pid, signal.SIGCONT)
             figures["paused_ms"].append(round((paused[-1][1] - stopped_at) / 1e6))
         run.wait(FINISH)
-    counts = check(run)
-    figures.update(counts)
+    counts = check(run, figures)
     assert counts["overlaps"] >= 2, counts
     for token, resumed_at in paused:
         late = [w for w in _records_of(run, token, "section") if w.get("write_at", resumed_at) >= resumed_at]
@@ -189,8 +188,7 @@ def test_holder_killed(server: Server, tmp_path: Path, mode: str, figures: Figur
             assert seen["value"] != victim["client"]
         hold.unlink()
         run.wait(FINISH)
-    counts = check(run)
-    figures.update(counts)
+    counts = check(run, figures)
     assert counts["sections"] == 2 * 3, counts  # the survivors' sections (or terms), all of them
     _assert_no_lock_left(server, figures, "permit" if mode == "semaphore" else mode, expiring=True)
 
@@ -206,13 +204,8 @@ def test_server_killed_and_restarted(server: Server, tmp_path: Path, mode: str, 
     observer ends up seeing nobody lead, every worker finishes its sections, and nothing is left behind."""
     figures.update(backend=_backend(server), mode=mode, faults={"server_kill9_restart": 0})
     with _coordination_run(server, tmp_path, mode, sections=4) as run:
-        for _ in range(2):
-            _await_holder(run)
-            server.restart()
-            figures["faults"]["server_kill9_restart"] += 1
-        run.wait(FINISH)
-    counts = check(run)
-    figures.update(counts)
+        _restart_twice_while_held(server, run, figures)
+    counts = check(run, figures)
     assert counts["sections"] == 3 * 4, counts
     # A release that failed while the server was down leaves its entry until its TTL has run out.
     figures["releases_failed"] = sum(1 for r in run.records() if "token" in r and r.get("error") == "BackendError")

@@ -9,9 +9,9 @@ import socket
 import anyio
 import pytest
 
-from distlock_async import KeyState, MemoryLocker, NotObtainedError, Options
+from distlock_async import KeyState, NotObtainedError, Options
 
-from .helpers import Backend, log_event
+from .helpers import Backend, driverless_locker, log_event
 
 pytestmark = pytest.mark.anyio
 
@@ -55,12 +55,7 @@ async def test_inspect_sees_an_expired_lock_as_free(backend: Backend) -> None:
 
 
 async def test_a_driver_without_inspect_says_so() -> None:
-    locker = MemoryLocker()
-
-    class Bare:
-        cleanup_timeout = 1.0
-
-    locker._driver = Bare()  # type: ignore[assignment]
+    locker = driverless_locker()
     with pytest.raises(NotImplementedError, match="MemoryLocker cannot inspect"):
         await locker.inspect("k")
 

@@ -10,7 +10,7 @@ import pytest
 
 from distlock_async import MemoryLocker, Options, SemaphoreState
 
-from .helpers import Backend, log_event
+from .helpers import Backend, driverless_locker, log_event
 
 pytestmark = pytest.mark.anyio
 
@@ -122,11 +122,6 @@ async def test_a_closed_locker_refuses_to_inspect() -> None:
 
 
 async def test_a_driver_without_semaphores_says_so() -> None:
-    locker = MemoryLocker()
-
-    class Bare:
-        cleanup_timeout = 1.0
-
-    locker._driver = Bare()  # type: ignore[assignment]
+    locker = driverless_locker()
     with pytest.raises(NotImplementedError, match="MemoryLocker has no semaphores"):
         await locker.inspect_semaphore("pool")

@@ -33,26 +33,38 @@ LIMIT = 20.0
 _namespaces = itertools.count()
 
 
+class _Made:
+    """The lockers of a test, on a namespace of its own, for its fixture to close with their clients."""
+
+    def __init__(self) -> None:
+        self.namespace = f"coord{next(_namespaces)}-{secrets.token_hex(3)}"
+        self.lockers: list[RedisLocker] = []
+
+    def locker(self, client: Any, options: Options | None) -> RedisLocker:
+        locker = RedisLocker(client, options, namespace=self.namespace)
+        self.lockers.append(locker)
+        return locker
+
+    async def aclose(self) -> None:
+        for locker in self.lockers:
+            await locker.aclose()
+            await locker.client.aclose()
+
+
 @pytest.fixture
 async def lockers(redis_server: RedisServer) -> AsyncIterator[tuple[Any, Any]]:
     """An admin client, and a maker of lockers on a namespace of this test's own (closed at the end)."""
-    namespace = f"coord{next(_namespaces)}-{secrets.token_hex(3)}"
-    made: list[RedisLocker] = []
+    made = _Made()
 
     def make(options: Options | None = None) -> RedisLocker:
-        client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=5)
-        locker = RedisLocker(client, options, namespace=namespace)
-        made.append(locker)
-        return locker
+        return made.locker(redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=5), options)
 
     admin = redis.asyncio.Redis(port=redis_server.port, decode_responses=True)
     try:
         yield admin, make
     finally:
-        for locker in made:
-            await locker.aclose()
-            await locker.client.aclose()
-        assert await admin.pubsub_channels(f"{namespace}:*") == [], "a subscription outlived its user"
+        await made.aclose()
+        assert await admin.pubsub_channels(f"{made.namespace}:*") == [], "a subscription outlived its user"
         await admin.aclose()
 
 
@@ -180,22 +192,16 @@ async def test_an_expired_permit_is_never_brought_back_by_refresh(lockers: tuple
 @pytest.fixture
 async def cluster_lockers(redis_cluster: RedisClusterServers) -> AsyncIterator[tuple[RedisCluster, Any]]:
     """An admin Cluster client, and a maker of lockers whose clients start from the given node."""
-    namespace = f"coord{next(_namespaces)}-{secrets.token_hex(3)}"
-    made: list[RedisLocker] = []
+    made = _Made()
 
     def make(node: int = 0, options: Options | None = None) -> RedisLocker:
-        client = RedisCluster(host="127.0.0.1", port=redis_cluster.ports[node], socket_timeout=5)
-        locker = RedisLocker(client, options, namespace=namespace)
-        made.append(locker)
-        return locker
+        return made.locker(RedisCluster(host="127.0.0.1", port=redis_cluster.ports[node], socket_timeout=5), options)
 
     admin = RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0], decode_responses=True)
     try:
         yield admin, make
     finally:
-        for locker in made:
-            await locker.aclose()
-            await locker.client.aclose()
+        await made.aclose()
         await admin.aclose()
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from distlock_async import Lock, LockLostError, LockNotHeldError, NotObtainedError, Options
 
-from .helpers import Backend, log_event
+from .helpers import Backend, log_event, run_concurrently, waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -74,11 +74,7 @@ async def test_waiters_are_served_in_the_order_they_queued(coordination: Backend
         served.append(n)
         await permit.release()
 
-    tasks = []
-    for n in range(4):
-        with log_event("is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
-            tasks.append(asyncio.ensure_future(wait(n)))
-            await queued.wait()
+    tasks = [await waiting(wait(n)) for n in range(4)]  # one after another
     await holders[0].release()
     with anyio.fail_after(LIMIT):
         await asyncio.gather(*tasks)
@@ -220,10 +216,7 @@ async def test_never_more_than_limit_holders_under_contention(coordination: Back
             inside.discard(n)
             await permit.release()
 
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            for n in range(12):
-                tg.start_soon(worker, n)
+    await run_concurrently(worker, 12)
     assert most <= 3
     assert len(grants) == 48
     assert len(set(grants)) == len(grants)

@@ -215,6 +215,14 @@ class _Process:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "server.log"
 
+    #: The server's executable (set by each kind of server).
+    binary: str
+
+    @property
+    def version(self) -> ServerVersion:
+        """What the binary says it is: ``redis``, ``valkey`` or ``etcd``, and its release."""
+        return binary_version(self.binary)
+
     def command(self) -> list[str]:
         raise NotImplementedError
 
@@ -292,11 +300,6 @@ class RedisServer(_Process):
         self.binary = find_binary("redis-server")
         self.port = free_port()
         self.extra = list(extra)
-
-    @property
-    def version(self) -> ServerVersion:
-        """``redis`` or ``valkey``, and its release."""
-        return binary_version(self.binary)
 
     @property
     def url(self) -> str:
@@ -449,11 +452,6 @@ class EtcdServer(_Process):
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def version(self) -> ServerVersion:
-        """``etcd`` and its release."""
-        return binary_version(self.binary)
 
     @property
     def peer_url(self) -> str:

@@ -1,23 +1,21 @@
 """Semaphores and elections on etcd: the key layout, interop with ``etcdctl elect``, nested names, an
 observation across a compaction, a semaphore queue that moves on when an operator revokes a waiter's lease.
 
-An autouse fixture checks after every test that the server has no lease that a handed-out permit, term
-or lock does not explain, and no watch left open.
+After every test, the package's lease audit (``conftest.py``) checks that the server has no lease that a
+handed-out permit, term or lock does not explain, and no watch left open.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aetcd
 import anyio
-import grpc
 import pytest
 from aetcd import rpc
 
@@ -25,67 +23,14 @@ from distlock_async import EtcdLocker, Leader, Lock, NotObtainedError, Observati
 from distlock_async._backends.etcd.streams import Watch
 from distlock_async.testing.servers import EtcdServer, find_binary
 
-from .etcd_helpers import EtcdAudit, TracingEtcdLocker, leases, watchers
-from .helpers import log_event
+from ..etcd_helpers import TracingEtcdLocker, has_keys, keys, leases, poll_until, revoke, watchers
+from ..helpers import WAITING, log_event
 
 pytestmark = pytest.mark.anyio
 
 LIMIT = 20.0
 SEMAPHORES = "distlock.semaphore/"
 ELECTIONS = "distlock.election/"
-WAITING = "is held by another owner; waiting"
-
-
-@pytest.fixture
-async def admin(etcd_server: EtcdServer) -> AsyncIterator[aetcd.Client]:
-    client = aetcd.Client(host="127.0.0.1", port=etcd_server.port, timeout=5)
-    await client.connect()
-    yield client
-    await client.close()
-
-
-@pytest.fixture(autouse=True)
-async def audit(admin: aetcd.Client, etcd_server: EtcdServer) -> AsyncIterator[EtcdAudit]:
-    audit = EtcdAudit(admin, etcd_server.port)
-    await audit.start()
-    yield audit
-    for locker in audit.lockers:
-        await locker.aclose()
-    await audit.check()
-
-
-@pytest.fixture
-def make(audit: EtcdAudit, etcd_server: EtcdServer) -> Callable[..., TracingEtcdLocker]:
-    """``make(options=None)``: a tracked locker on the session's etcd, in the default namespace."""
-
-    def make(options: Options | None = None) -> TracingEtcdLocker:
-        locker = TracingEtcdLocker.from_url(f"etcd://{etcd_server.endpoint}", options)
-        audit.track(locker)
-        return locker
-
-    return make
-
-
-async def keys(admin: aetcd.Client, prefix: str) -> list[Any]:
-    """Every key under ``prefix``, oldest first (nested names' included)."""
-    raw = prefix.encode()
-    request = rpc.RangeRequest(
-        key=raw,
-        range_end=raw[:-1] + bytes([raw[-1] + 1]),
-        sort_order=rpc.RangeRequest.SortOrder.ASCEND,
-        sort_target=rpc.RangeRequest.SortTarget.CREATE,
-    )
-    reply = await admin.kvstub.Range(request, timeout=5)
-    return list(reply.kvs)
-
-
-async def poll_until(condition: Callable[[], Awaitable[bool]]) -> None:
-    """Wait (bounded) for a state that only the server shows: an outside process's key, say."""
-    for _ in range(int(LIMIT / 0.01)):
-        if await condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the server never reached the expected state")
 
 
 async def next_leader(observation: Observation, within: float = LIMIT) -> Leader | None:
@@ -124,11 +69,6 @@ async def test_inspect_semaphore_counts_each_key_by_the_limit_it_records(make: A
     finally:
         await admin.delete(by_hand)
         await admin.delete(nested)
-
-
-async def revoke(admin: aetcd.Client, lease_id: int) -> None:
-    with contextlib.suppress(grpc.aio.AioRpcError):  # gone already
-        await admin.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=5)
 
 
 # --- key layout -----------------------------------------------------------------------------------------
@@ -260,7 +200,7 @@ async def test_an_etcdctl_leader_is_observed_and_our_candidate_queues_behind_it_
 
         task = asyncio.ensure_future(candidate())
         try:
-            await poll_until(lambda: _has_keys(admin, f"{ELECTIONS}go-first/", 2))  # ours queued behind
+            await poll_until(lambda: has_keys(admin, f"{ELECTIONS}go-first/", 2))  # ours queued behind
             await asyncio.sleep(0.2)
             assert not elected.done(), "our candidate led while etcdctl's did"
             go.send_signal(signal.SIGINT)  # etcdctl resigns: deletes its key
@@ -286,7 +226,7 @@ async def test_an_etcdctl_candidate_queues_behind_our_leader_and_leads_when_we_r
         async with election.campaign("py") as term:
             assert await next_leader(leaders) == Leader("py", term.fencing_token)
             go = await etcdctl.elect(f"{ELECTIONS}py-first", "go-2")
-            await poll_until(lambda: _has_keys(admin, f"{ELECTIONS}py-first/", 2))
+            await poll_until(lambda: has_keys(admin, f"{ELECTIONS}py-first/", 2))
             printed = asyncio.ensure_future(read_line(go))
             await asyncio.sleep(0.2)
             assert not printed.done(), "etcdctl was elected while we led"
@@ -297,10 +237,6 @@ async def test_an_etcdctl_candidate_queues_behind_our_leader_and_leads_when_we_r
         assert go_kv.key == go_key
         assert go_kv.create_revision > term.fencing_token
         assert await next_leader(leaders) == Leader("go-2", go_kv.create_revision)
-
-
-async def _has_keys(admin: aetcd.Client, prefix: str, n: int) -> bool:
-    return len(await keys(admin, prefix)) >= n
 
 
 # --- nested names ----------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """What is specific to etcd: the Go Mutex key layout and interop, RPCs per cycle, FIFO waiting without a
 herd, the post-wait check of the waiter's own key, leases of abandoned obtains, hung members, failover.
 
-An autouse fixture checks after every test that the server has no lease that a handed-out lock does not
-explain, and no watch left open.
+After every test, the package's lease audit (``conftest.py``) checks that the server has no lease that a
+handed-out lock does not explain, and no watch left open.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import astuple
 from typing import Any
 
 import aetcd
 import anyio
-import grpc
 import pytest
 from aetcd import rpc
 
@@ -35,9 +34,9 @@ from distlock_async import (
 from distlock_async._backends.etcd.errors import StreamFailed, map_errors
 from distlock_async.testing.servers import EtcdCluster, EtcdServer, find_binary, free_port, running
 
-from .etcd_helpers import EtcdAudit, TracingEtcdLocker, leases, metrics, unary_calls
-from .helpers import OPERATIONS, lock_operation
-from .proxy import FaultProxy
+from ..etcd_helpers import has_keys, keys, leases, metrics, poll_until, revoke, unary_calls
+from ..helpers import OPERATIONS, WAITING, LogCount, lock_operation, log_count
+from ..proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -45,108 +44,22 @@ LIMIT = 20.0
 NS = "distlock/"
 
 
-@pytest.fixture
-async def admin(etcd_server: EtcdServer) -> AsyncIterator[aetcd.Client]:
-    client = aetcd.Client(host="127.0.0.1", port=etcd_server.port, timeout=5)
-    await client.connect()
-    yield client
-    await client.close()
-
-
-@pytest.fixture(autouse=True)
-async def audit(admin: aetcd.Client, etcd_server: EtcdServer) -> AsyncIterator[EtcdAudit]:
-    audit = EtcdAudit(admin, etcd_server.port)
-    await audit.start()
-    yield audit
-    for locker in audit.lockers:
-        await locker.aclose()
-    await audit.check()
-
-
-@pytest.fixture
-def make(audit: EtcdAudit, etcd_server: EtcdServer) -> Any:
-    """``make(options=None, etcd_options=None, url=None)``: a tracked locker on the session's etcd."""
-
-    def make(
-        options: Options | None = None, etcd_options: EtcdOptions | None = None, url: str | None = None
-    ) -> TracingEtcdLocker:
-        locker = TracingEtcdLocker.from_url(url or f"etcd://{etcd_server.endpoint}", options, etcd_options)
-        audit.track(locker)
-        return locker
-
-    return make
-
-
 async def queue(admin: aetcd.Client, name: str) -> list[Any]:
     """The lock keys under ``name``, oldest first."""
-    prefix = f"{NS}{name}/".encode()
-    request = rpc.RangeRequest(
-        key=prefix,
-        range_end=prefix[:-1] + b"0",
-        sort_order=rpc.RangeRequest.SortOrder.ASCEND,
-        sort_target=rpc.RangeRequest.SortTarget.CREATE,
-    )
-    reply = await admin.kvstub.Range(request, timeout=5)
-    return list(reply.kvs)
-
-
-async def queue_length(admin: aetcd.Client, name: str, n: int) -> bool:
-    return len(await queue(admin, name)) >= n
+    return await keys(admin, f"{NS}{name}/")
 
 
 async def no_leases(admin: aetcd.Client) -> bool:
     return not await leases(admin)
 
 
-async def poll_until(condition: Callable[[], Awaitable[bool]]) -> None:
-    """Wait (bounded) for a state that only the server can show: an outside process's key, say."""
-    for _ in range(int(LIMIT / 0.01)):
-        if await condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the server never reached the expected state")
-
-
-class _Counter(logging.Handler):
-    def __init__(self, needle: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.needle = needle
-        self.count = 0
-        self.changed = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.needle in record.getMessage():
-            self.count += 1
-            self.changed.set()
-
-    async def until(self, n: int) -> None:
-        with anyio.fail_after(LIMIT):
-            while self.count < n:
-                self.changed.clear()
-                await self.changed.wait()
-
-
 @pytest.fixture
-def counter() -> Iterator[Any]:
+def counter() -> Iterator[Callable[[str], LogCount]]:
     """``counter(needle)``: counts the ``distlock_async`` log records containing ``needle``."""
-    logger = logging.getLogger("distlock_async")
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    handlers: list[_Counter] = []
-
-    def make(needle: str) -> _Counter:
-        handler = _Counter(needle)
-        logger.addHandler(handler)
-        handlers.append(handler)
-        return handler
-
-    yield make
-    for handler in handlers:
-        logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with contextlib.ExitStack() as counts:
+        yield lambda needle: counts.enter_context(log_count(needle))
 
 
-WAITING = "is held by another owner; waiting"
 WOKEN = "the key ahead of ours is gone"
 
 
@@ -197,9 +110,7 @@ async def test_interop_with_etcdctl_lock(make: Any, admin: aetcd.Client, etcd_se
             proc.terminate()
         await proc.wait()
         # etcdctl leaves its session lease to expire (60 s): revoke it so that the lease audit stays exact.
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            lease_id = int(key.rpartition(b"/")[2], 16)
-            await admin.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=5)
+        await revoke(admin, int(key.rpartition(b"/")[2], 16))
 
     locker = make()
     # etcdctl holds the name: we cannot have it.
@@ -222,7 +133,7 @@ async def test_interop_with_etcdctl_lock(make: Any, admin: aetcd.Client, etcd_se
     go = await etcdctl_lock()
     try:
         assert go.stdout is not None
-        await poll_until(lambda: queue_length(admin, "shared", 2))  # etcdctl has queued its key
+        await poll_until(lambda: has_keys(admin, f"{NS}shared/", 2))  # etcdctl has queued its key
         key = (await queue(admin, "shared"))[1].key
         assert go.returncode is None
         assert (await locker.inspect("shared")).holder == lock.holder  # the first key's, not the queue's last

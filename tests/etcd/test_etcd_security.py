@@ -31,7 +31,7 @@ from distlock_async import BackendError, EtcdLocker, EtcdOptions, Lock, Locker, 
 from distlock_async._backends._compat_aetcd import Client
 from distlock_async.testing.servers import EtcdServer, etcd_metrics, running
 
-from .etcd_helpers import EtcdAudit, TracingEtcdLocker
+from ..etcd_helpers import EtcdAudit, TracingEtcdLocker
 
 pytestmark = pytest.mark.anyio
 
@@ -170,6 +170,12 @@ async def audits() -> AsyncIterator[Audits]:
     audits = Audits()
     yield audits
     await audits.check()
+
+
+@pytest.fixture
+def audit() -> None:
+    """The package's audit of the session's member, which these tests do not use: ``audits`` checks the
+    members they do use."""
 
 
 # --- TLS --------------------------------------------------------------------------------------------------
