@@ -428,6 +428,17 @@ class _Runner:
         self.loss = exc
         self.lost.set()
 
+    async def start(self, cmd: list[str], lock: Lock) -> asyncio.subprocess.Process | int:
+        """The command, started; or the exit code that says why it could not be (after saying it)."""
+        try:
+            return await self.spawn(cmd, lock)
+        except FileNotFoundError:
+            self.err.write(f"distlock: command not found: {cmd[0]}\n")
+            return EXIT_NOT_FOUND
+        except OSError as exc:
+            self.err.write(f"distlock: cannot execute {cmd[0]}: {exc.strerror or exc}\n")
+            return EXIT_CANNOT_EXECUTE
+
     async def spawn(self, cmd: list[str], lock: Lock) -> asyncio.subprocess.Process:
         # The command needs the fencing token to fence its own writes against a holder that lost the lock.
         env = {**os.environ, "DISTLOCK_KEY": lock.key, "DISTLOCK_FENCING_TOKEN": str(lock.fencing_token)}
@@ -466,14 +477,9 @@ class _Runner:
 
     async def lead(self, name: str, term: Lock, cmd: list[str], grace: float) -> int:
         """Run ``cmd`` in a campaign's body: a cancellation of the body is the loss of the leadership."""
-        try:
-            proc = await self.spawn(cmd, term)
-        except FileNotFoundError:
-            self.err.write(f"distlock: command not found: {cmd[0]}\n")
-            return EXIT_NOT_FOUND
-        except OSError as exc:
-            self.err.write(f"distlock: cannot execute {cmd[0]}: {exc.strerror or exc}\n")
-            return EXIT_CANNOT_EXECUTE
+        proc = await self.start(cmd, term)
+        if isinstance(proc, int):
+            return proc
         exited = asyncio.ensure_future(proc.wait())
         try:
             await asyncio.shield(exited)
@@ -547,14 +553,9 @@ async def _interruptible(runner: _Runner, body: Callable[[], Awaitable[int]]) ->
 
 async def _hold(runner: _Runner, lock: Lock, cmd: list[str], grace: float) -> int:
     lock.start_refresh(runner.on_lost)
-    try:
-        proc = await runner.spawn(cmd, lock)
-    except FileNotFoundError:
-        runner.err.write(f"distlock: command not found: {cmd[0]}\n")
-        return EXIT_NOT_FOUND
-    except OSError as exc:
-        runner.err.write(f"distlock: cannot execute {cmd[0]}: {exc.strerror or exc}\n")
-        return EXIT_CANNOT_EXECUTE
+    proc = await runner.start(cmd, lock)
+    if isinstance(proc, int):
+        return proc
     return await runner.supervise(lock.key, proc, grace)
 
 
