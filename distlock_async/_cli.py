@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -20,12 +21,12 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import anyio
 
 from ._errors import BackendError, LockLostError, LockNotHeldError, NotObtainedError
-from ._protocols import Leader, Lock
+from ._protocols import Leader, Lock, Locker
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio requires the backport there
     from exceptiongroup import BaseExceptionGroup
@@ -33,6 +34,8 @@ from . import __version__
 from ._options import Options
 from ._url import from_url
 from ._validate import redact_url
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -313,25 +316,27 @@ def _refuse_memory(url: str, command: str) -> None:
 # --- status ---------------------------------------------------------------------------------------------
 
 
-async def _status(url: str, key: str, as_json: bool, out: TextIO) -> int:
+async def _inspected(url: str, inspect: Callable[[Locker], Awaitable[T]], missing: str) -> T:
+    """What ``inspect`` reads with a locker of ``url``; a usage error naming ``missing`` if the backend
+    cannot read it."""
     _refuse_memory(url, "status")
-    locker = from_url(url)
-    async with locker:
+    async with from_url(url) as locker:
         try:
-            state = await locker.inspect(key)
+            return await inspect(locker)
         except NotImplementedError:
-            raise _UsageError(f"the backend of {redact_url(url)} cannot show a lock's status yet") from None
+            raise _UsageError(f"the backend of {redact_url(url)} {missing}") from None
+
+
+def _counter(fencing_counter: int | None) -> str:
+    return "no fencing counter kept" if fencing_counter is None else f"fencing counter {fencing_counter}"
+
+
+async def _status(url: str, key: str, as_json: bool, out: TextIO) -> int:
+    state = await _inspected(url, lambda locker: locker.inspect(key), "cannot show a lock's status yet")
     if as_json:
-        doc = {
-            "key": key,
-            "held": state.held,
-            "ttl": state.ttl,
-            "fencing_counter": state.fencing_counter,
-            "holder": state.holder,
-        }
-        out.write(json.dumps(doc) + "\n")
+        out.write(json.dumps({"key": key, **dataclasses.asdict(state)}) + "\n")
         return EXIT_OK
-    counter = "no fencing counter kept" if state.fencing_counter is None else f"fencing counter {state.fencing_counter}"
+    counter = _counter(state.fencing_counter)
     # A holder that wrote no label (etcdctl lock, say) is held "by" nobody we can name.
     held = "is held" if state.holder is None else f"is held by {state.holder!r}"
     if not state.held:
@@ -355,27 +360,15 @@ async def _status_of(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _status_semaphore(url: str, name: str, as_json: bool, out: TextIO) -> int:
-    _refuse_memory(url, "status")
-    async with from_url(url) as locker:
-        try:
-            state = await locker.inspect_semaphore(name)
-        except NotImplementedError:
-            raise _UsageError(f"the backend of {redact_url(url)} has no semaphores") from None
+    state = await _inspected(url, lambda locker: locker.inspect_semaphore(name), "has no semaphores")
     if as_json:
-        doc = {
-            "name": name,
-            "held": state.held,
-            "holders": list(state.holders),
-            "waiting": state.waiting,
-            "fencing_counter": state.fencing_counter,
-        }
-        out.write(json.dumps(doc) + "\n")
+        out.write(json.dumps({"name": name, **dataclasses.asdict(state)}) + "\n")
         return EXIT_OK
     permits = "1 permit" if state.held == 1 else f"{state.held} permits"
     by = ""
     if state.holders:
         by = " (by " + ", ".join("one without a label" if h is None else repr(h) for h in state.holders) + ")"
-    counter = "no fencing counter kept" if state.fencing_counter is None else f"fencing counter {state.fencing_counter}"
+    counter = _counter(state.fencing_counter)
     out.write(f"{name!r}: {permits} held{by}, {state.waiting} waiting; {counter}\n")
     return EXIT_OK
 
@@ -435,6 +428,17 @@ class _Runner:
         self.loss = exc
         self.lost.set()
 
+    async def start(self, cmd: list[str], lock: Lock) -> asyncio.subprocess.Process | int:
+        """The command, started; or the exit code that says why it could not be (after saying it)."""
+        try:
+            return await self.spawn(cmd, lock)
+        except FileNotFoundError:
+            self.err.write(f"distlock: command not found: {cmd[0]}\n")
+            return EXIT_NOT_FOUND
+        except OSError as exc:
+            self.err.write(f"distlock: cannot execute {cmd[0]}: {exc.strerror or exc}\n")
+            return EXIT_CANNOT_EXECUTE
+
     async def spawn(self, cmd: list[str], lock: Lock) -> asyncio.subprocess.Process:
         # The command needs the fencing token to fence its own writes against a holder that lost the lock.
         env = {**os.environ, "DISTLOCK_KEY": lock.key, "DISTLOCK_FENCING_TOKEN": str(lock.fencing_token)}
@@ -473,14 +477,9 @@ class _Runner:
 
     async def lead(self, name: str, term: Lock, cmd: list[str], grace: float) -> int:
         """Run ``cmd`` in a campaign's body: a cancellation of the body is the loss of the leadership."""
-        try:
-            proc = await self.spawn(cmd, term)
-        except FileNotFoundError:
-            self.err.write(f"distlock: command not found: {cmd[0]}\n")
-            return EXIT_NOT_FOUND
-        except OSError as exc:
-            self.err.write(f"distlock: cannot execute {cmd[0]}: {exc.strerror or exc}\n")
-            return EXIT_CANNOT_EXECUTE
+        proc = await self.start(cmd, term)
+        if isinstance(proc, int):
+            return proc
         exited = asyncio.ensure_future(proc.wait())
         try:
             await asyncio.shield(exited)
@@ -554,14 +553,9 @@ async def _interruptible(runner: _Runner, body: Callable[[], Awaitable[int]]) ->
 
 async def _hold(runner: _Runner, lock: Lock, cmd: list[str], grace: float) -> int:
     lock.start_refresh(runner.on_lost)
-    try:
-        proc = await runner.spawn(cmd, lock)
-    except FileNotFoundError:
-        runner.err.write(f"distlock: command not found: {cmd[0]}\n")
-        return EXIT_NOT_FOUND
-    except OSError as exc:
-        runner.err.write(f"distlock: cannot execute {cmd[0]}: {exc.strerror or exc}\n")
-        return EXIT_CANNOT_EXECUTE
+    proc = await runner.start(cmd, lock)
+    if isinstance(proc, int):
+        return proc
     return await runner.supervise(lock.key, proc, grace)
 
 

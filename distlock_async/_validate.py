@@ -45,11 +45,7 @@ def check_value(value: object) -> str:
 
 def check_limit(limit: object) -> int:
     """A semaphore's ``limit``: an ``int >= 1``; ``bool`` is refused."""
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit!r}")
-    return limit
+    return check_count("limit", limit, minimum=1)
 
 
 def check_holder(value: object) -> str:
@@ -106,12 +102,12 @@ def check_timeout(value: object) -> float:
     return float(value)
 
 
-def check_count(name: str, value: object) -> int:
-    """An ``int >= 0``; ``bool`` is refused."""
+def check_count(name: str, value: object, *, minimum: int = 0) -> int:
+    """An ``int >= minimum``; ``bool`` is refused."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return value
 
 

@@ -18,7 +18,9 @@ import pytest
 import redis.asyncio
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
@@ -337,6 +339,63 @@ async def test_a_waiter_that_gives_up_leaves_no_reservation_behind(redis_server:
             await free.release()
         await far.client.aclose()
         await near.client.aclose()
+    await admin.aclose()
+
+
+async def _subscribers(admin: redis.asyncio.Redis, channel: str) -> int:
+    return int((await admin.pubsub_numsub(channel))[0][1])
+
+
+async def test_the_wake_up_connection_comes_back_after_it_failed_under_waiters(redis_server: RedisServer) -> None:
+    """The waiter's wake-up connection goes through a proxy that is cut (the connection aborted, new ones
+    refused) while the waiter waits, then healed: the subscriber connects again by itself and subscribes
+    the waiting key, so the next release wakes the waiter (a waiter of a busy key would otherwise learn of
+    each hand-off only by its once-a-second touch, until the key has no waiter left). Cut again, the
+    waiter gives up while the subscriber is between tries: nothing is left behind. The wake-up client has
+    no retries of redis-py's own: theirs end after a few tries, an outage can last longer."""
+    admin = client_for(redis_server.port)
+    channel = "distlock:{k}"
+    async with (
+        FaultProxy(redis_server.port) as link,
+        RedisLocker(client_for(redis_server.port)) as waiting,
+        RedisLocker(client_for(redis_server.port)) as holding,
+    ):
+        subscriber = waiting._driver_.subscriber
+        subscriber._make_client = lambda: client_for(link.port, retry=Retry(NoBackoff(), 0))
+        held = await holding.obtain("k")
+        waiter = asyncio.create_task(waiting.obtain("k", retry_delay=60, max_retries=1))
+        with anyio.fail_after(20):
+            while await _subscribers(admin, channel) == 0:  # noqa: ASYNC110 - server state
+                await asyncio.sleep(0.005)
+            link.cut()
+            while await _subscribers(admin, channel) == 1:  # noqa: ASYNC110 - server state
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)  # a few tries to connect again are refused
+        assert not waiter.done()
+        link.heal()
+        with anyio.fail_after(20):
+            while await _subscribers(admin, channel) == 0:  # noqa: ASYNC110 - server state
+                await asyncio.sleep(0.005)
+        await held.release()
+        with anyio.fail_after(20):
+            lock = await waiter
+        assert await admin.get(channel) == lock.token.encode() + b" " + lock.holder.encode()
+        await lock.release()
+
+        held = await holding.obtain("k")
+        waiter = asyncio.create_task(waiting.obtain("k", retry_delay=60, max_retries=1))
+        with anyio.fail_after(20):
+            while await _subscribers(admin, channel) == 0:  # noqa: ASYNC110 - server state
+                await asyncio.sleep(0.005)
+        link.cut()
+        await asyncio.sleep(0.3)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert subscriber.queues == {}
+        await held.release()
+        await waiting.client.aclose()
+        await holding.client.aclose()
     await admin.aclose()
 
 

@@ -204,12 +204,7 @@ class LockerBase(Generic[H]):
         await asyncio.sleep(0)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def _obtain(self, key: str, settings: _Settings, space: Space[H, L]) -> L:

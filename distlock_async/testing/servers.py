@@ -28,7 +28,6 @@ package's server is built with TLS: :class:`TLSRedisServer` raises :class:`Serve
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import http.client
 import importlib.util
@@ -191,18 +190,30 @@ def describe_binaries() -> list[str]:
     return lines
 
 
-_PR_SET_PDEATHSIG = 1
+#: Run by a fresh interpreter in front of each server: on Linux, ask for SIGKILL when the test process
+#: dies, however it dies (a run killed by ``timeout`` or by CI never reaches its fixtures' cleanup, and
+#: its servers would run on with nobody to stop them), then become the server. ``argv[1]`` is the test
+#: process's PID: if it is already gone, the signal would never come, so the server is not started.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+if sys.platform == "linux":
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit("the test process is gone")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the test process dies, however it dies.
+def _die_with_parent(command: list[str]) -> list[str]:
+    """``command`` behind the launcher above.
 
-    A test run killed by ``timeout`` or by CI never reaches its fixtures' cleanup; without this its
-    servers would run on with nobody to stop them. Linux only; elsewhere the cleanup is all there is.
+    The launcher, not ``preexec_fn``: a ``preexec_fn`` makes ``subprocess`` fork the test process and
+    run Python in the child, and a test process that uses gRPC (the etcd client) has its fork handlers
+    run there too; with gRPC's threads busy they failed now and then, and the child aborted before it
+    could exec the server (etcd "exited with -6"). Without ``preexec_fn`` the child is started with
+    ``vfork``, which runs no fork handler.
     """
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    return [sys.executable, "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 class _Process:
@@ -236,12 +247,11 @@ class _Process:
     def spawn(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                self.command(),
+                _die_with_parent(self.command()),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
 
     def wait_ready(self) -> None:

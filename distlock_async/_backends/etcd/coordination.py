@@ -97,17 +97,10 @@ class EtcdView:
 async def read_leader(driver: EtcdDriver, prefix: bytes) -> tuple[Leader | None, int]:
     """The leader of the election under ``prefix`` and the revision it was read at: one range, two if a
     nested name's key comes first."""
-    request = first_with_values(prefix)
-    reply = await driver.range(request)
-    kvs = list(reply.kvs)
-    if kvs and not is_member(prefix, kvs[0].key):
-        request.ClearField("limit")
-        reply = await driver.range(request)
-        kvs = [kv for kv in reply.kvs if is_member(prefix, kv.key)]
-    revision = int(reply.header.revision)
-    if not kvs:
+    kv, revision = await driver.first_member(prefix, first_with_values(prefix))
+    if kv is None:
         return None, revision
-    return Leader(kvs[0].value.decode("utf-8", "replace"), int(kvs[0].create_revision)), revision
+    return Leader(kv.value.decode("utf-8", "replace"), int(kv.create_revision)), revision
 
 
 class _MemberEvents:

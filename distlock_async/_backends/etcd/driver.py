@@ -329,18 +329,21 @@ class EtcdDriver:
         reply = await self.range(ahead(prefix, revision))
         return sum(1 for kv in reply.kvs if is_member(prefix, kv.key)), int(reply.header.revision)
 
-    async def predecessor(self, prefix: bytes, revision: int) -> tuple[bytes, int] | None:
-        """The key queued just ahead of the one created at ``revision``, and the revision it was seen at."""
-        request = predecessor(prefix, revision)
+    async def first_member(self, prefix: bytes, request: rpc.RangeRequest) -> tuple[Any | None, int]:
+        """The first key of the name that ``request`` (a range of ``limit=1`` under ``prefix``) finds, and the
+        revision it was read at: one range, two if a nested name's key comes first."""
         reply = await self.range(request)
         kvs = list(reply.kvs)
         if kvs and not is_member(prefix, kvs[0].key):
             request.ClearField("limit")
             reply = await self.range(request)
             kvs = [kv for kv in reply.kvs if is_member(prefix, kv.key)]
-        if not kvs:
-            return None
-        return kvs[0].key, reply.header.revision
+        return (kvs[0] if kvs else None), int(reply.header.revision)
+
+    async def predecessor(self, prefix: bytes, revision: int) -> tuple[bytes, int] | None:
+        """The key queued just ahead of the one created at ``revision``, and the revision it was seen at."""
+        kv, seen = await self.first_member(prefix, predecessor(prefix, revision))
+        return None if kv is None else (kv.key, seen)
 
     async def inspect(self, key: str) -> KeyState:
         """What ``distlock status`` shows: held, the holder's remaining seconds, the fencing counter, the

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from types import TracebackType
 
 import aetcd.exceptions
 import grpc
 
-from ..._errors import BackendError
+from .._boundary import ErrorBoundary
 
 __all__ = [
     "CLIENT_ERRORS",
@@ -83,7 +82,7 @@ def details(exc: BaseException) -> str:
     return exc.details() if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
 
 
-class map_errors:
+class map_errors(ErrorBoundary):
     """``with map_errors(what, describe=detail, hint=None):`` -- see the module docstring.
 
     A client error leaves the block as ``BackendError(f"{what}: {describe(exc)}")``, followed by
@@ -104,17 +103,12 @@ class map_errors:
         self._describe = describe
         self._hint = hint
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
+    def translate(self, exc: BaseException) -> tuple[str, BaseException] | None:
         if isinstance(exc, StreamFailed):
             cause = exc.__cause__ or exc
         elif isinstance(exc, CLIENT_ERRORS):
             cause = exc
         else:
-            return
+            return None
         hint = self._hint(exc) if self._hint is not None else None
-        raise BackendError(f"{self._what}: {self._describe(exc)}" + (f" ({hint})" if hint else "")) from cause
+        return f"{self._what}: {self._describe(exc)}" + (f" ({hint})" if hint else ""), cause

@@ -11,11 +11,9 @@ block, all leave it as they came.
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import redis.exceptions
 
-from ..._errors import BackendError
+from .._boundary import ErrorBoundary
 
 __all__ = ["CLIENT_ERRORS", "REPLY_ERRORS", "map_errors"]
 
@@ -27,13 +25,12 @@ CLIENT_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, O
 REPLY_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.ResponseError,)
 
 
-class map_errors:
+class map_errors(ErrorBoundary):
     """``with map_errors(what, errors=CLIENT_ERRORS, passing=()):`` -- see the module docstring.
 
     An exception of ``errors`` and not of ``passing`` leaves the block as ``BackendError(f"{what}: {exc}")``
     from it. Stateless, so one instance can serve every call (each lock connection keeps one); the
-    message is built only when an error happens. A class rather than a generator context manager: no
-    generator to make and run per Redis command. Named in lower case, as it reads in ``with``.
+    message is built only when an error happens. Named in lower case, as it reads in ``with``.
     """
 
     __slots__ = ("_errors", "_passing", "_what")
@@ -49,12 +46,7 @@ class map_errors:
         self._errors = errors
         self._passing = passing
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if exc is None or not isinstance(exc, self._errors) or isinstance(exc, self._passing):
-            return
-        raise BackendError(f"{self._what}: {exc}") from exc
+    def translate(self, exc: BaseException) -> tuple[str, BaseException] | None:
+        if not isinstance(exc, self._errors) or isinstance(exc, self._passing):
+            return None
+        return f"{self._what}: {exc}", exc

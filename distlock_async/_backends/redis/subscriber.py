@@ -59,6 +59,13 @@ async def _subscribed(queue: Channel, timeout: float) -> bool:
     return ready.done() and not ready.cancelled() and bool(ready.result())
 
 
+#: The sender's request to connect again and subscribe every waiting key (no key is named ``""``).
+_EVERY = ""
+#: Seconds between tries to connect again while keys are waited for: doubled after each failure.
+_FIRST_BACKOFF = 0.1
+_LAST_BACKOFF = 5.0
+
+
 class Subscriber:
     """One pub/sub connection per locker, subscribed to the keys its tasks are waiting for.
 
@@ -67,6 +74,10 @@ class Subscriber:
     UNSUBSCRIBE in order -- exist only while some channel is subscribed. Waiters only ever await futures of
     their own: redis-py's I/O, which can swallow a cancellation on Python 3.10 and 3.11, runs in the
     subscriber's tasks.
+
+    When the connection fails (a server restart, a killed client) while keys are waited for, every waiter
+    is woken to check its lock once, and the sender connects again and subscribes every waiting key: at
+    once, then after 0.1 s, 0.2 s, ... up to 5 s between tries, for as long as some key is waited for.
     """
 
     def __init__(self, make_client: Callable[[], Any]) -> None:
@@ -145,6 +156,7 @@ class Subscriber:
         self._requests.put_nowait((subscribe, channel))
 
     async def _send(self, requests: asyncio.Queue[tuple[bool, str]]) -> None:
+        backoff = _FIRST_BACKOFF
         while True:
             subscribe, channel = await requests.get()
             if self._requests is not requests:
@@ -154,17 +166,28 @@ class Subscriber:
             try:
                 if subscribe and channel in self.queues:
                     await self._subscribe(channel)
+                elif subscribe and channel == _EVERY and self.queues and self._pubsub is None:
+                    await self._subscribe(None)
                 elif not subscribe and channel not in self.queues and self._pubsub is not None:
                     await self._pubsub.unsubscribe(channel)
+                else:
+                    continue
+                backoff = _FIRST_BACKOFF
             except CLIENT_ERRORS as exc:
                 logger.debug("subscribing to %r failed (%r); waiters fall back to their timers", channel, exc)
                 await self._drop_pubsub()
                 for queue in self.queues.values():
                     if not queue.ready.done():
                         queue.ready.set_result(False)
+                if self.queues:
+                    # Connect again later: the waiters' own timers bound their waits meanwhile.
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _LAST_BACKOFF)
+                    requests.put_nowait((True, _EVERY))
 
-    async def _subscribe(self, channel: str) -> None:
-        channels = [channel]
+    async def _subscribe(self, channel: str | None) -> None:
+        """Subscribe ``channel`` (``None``: only connect); a new connection subscribes every waiting key."""
+        channels = [] if channel is None else [channel]
         if self._pubsub is None:
             # A new connection (the first, or after the old one failed): subscribe every waiting key.
             if self._client is None:
@@ -205,14 +228,16 @@ class Subscriber:
                     if queue.wake(owner_of_notice(data)):
                         logger.debug("%r was handed to a waiter of this locker", channel)
         except CLIENT_ERRORS as exc:
-            logger.debug("the wake-up connection failed (%r); waiters fall back to their timers", exc)
+            logger.debug("the wake-up connection failed (%r); connecting again", exc)
             for queue in self.queues.values():
-                queue.wake_all()
+                queue.wake_all()  # releases may have been missed: check once
             if self._reader is asyncio.current_task():
                 self._reader = None
                 pubsub, self._pubsub = self._pubsub, None
                 with contextlib.suppress(*CLIENT_ERRORS):
                     await pubsub.aclose()
+                if self.queues and self._requests is not None:
+                    self._requests.put_nowait((True, _EVERY))
 
     async def _drop_pubsub(self) -> None:
         reader, self._reader = self._reader, None

@@ -12,7 +12,8 @@ pipelines every lock command of its tasks on it:
 - a command that does not answer within the deadline declares the connection dead: every command in
   flight on it fails with ``BackendError`` and the next one reconnects.
 
-The reader of a connection is a task that exists only while replies are due.
+The reader of a connection is a task that lives as long as the connection (it waits for the next reply
+even while none is due, so a reply never waits for a task to start); ``aclose`` ends both.
 """
 
 from __future__ import annotations
@@ -177,11 +178,17 @@ class Mux:
 
     async def _read(self, conn: Any) -> None:
         try:
-            while self._pending:
+            while self._conn is conn:
+                # Reading ahead of the next command, idle or not: its reply finds this task already
+                # waiting for it, one loop turn sooner than a task started per command would.
                 try:
                     reply: Any = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
                 except redis.exceptions.ResponseError as exc:
                     reply = exc
+                if not self._pending:
+                    self._fail_all(ConnectionError(f"a reply that no command asked for: {reply!r}"))
+                    await disconnect(conn)
+                    return
                 fut = self._pending.popleft()
                 if fut.done():
                     continue
