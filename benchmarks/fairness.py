@@ -33,6 +33,8 @@ from .adapters import Adapter, etcd_adapters, redis_adapters
 from .workers import ROOT, each_backend, quantile, run_tasks, run_together, spawn, started
 
 KEY = "bench-f"
+#: Seconds the proxy adds each way in front of the far process.
+DELAY = 0.002
 
 
 def _adapters(backend: str, address: str) -> list[Adapter]:
@@ -102,7 +104,7 @@ def run(
     tasks: int = 2,
     seconds: float = 5.0,
     hold: float = 0.001,
-    delay: float = 0.002,
+    delay: float = DELAY,
 ) -> dict[str, Any]:
     """Scenario F for one adapter; ``address`` is a Redis URL or an etcd ``host:port``."""
     netloc = urlsplit(address).netloc if "//" in address else address
