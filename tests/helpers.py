@@ -21,16 +21,22 @@ from distlock_async.testing.servers import ServerMissing, running
 
 
 class LogCount(logging.Handler):
-    """Counts the ``distlock_async`` log records containing ``needle`` (see :func:`log_count`)."""
+    """Counts the ``distlock_async`` log records containing ``needle`` (see :func:`log_count`), only those
+    logged by ``task`` if one is given."""
 
-    def __init__(self, needle: str) -> None:
+    def __init__(self, needle: str, task: asyncio.Future[Any] | None = None) -> None:
         super().__init__(logging.DEBUG)
         self.needle = needle
+        self.task = task
         self.count = 0
         #: Set at each such record; :meth:`until` clears it.
         self.changed = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
+        # A handler runs in the task that logs: a record of another task (an earlier waiter logging again
+        # after it subscribed, say) does not count.
+        if self.task is not None and asyncio.current_task() is not self.task:
+            return
         if self.needle in record.getMessage():
             self.count += 1
             self.changed.set()
@@ -44,10 +50,11 @@ class LogCount(logging.Handler):
 
 
 @contextmanager
-def log_count(needle: str) -> Iterator[LogCount]:
-    """A count of the ``distlock_async`` log records containing ``needle``, from now to the end of the block."""
+def log_count(needle: str, task: asyncio.Future[Any] | None = None) -> Iterator[LogCount]:
+    """A count of the ``distlock_async`` log records containing ``needle`` (logged by ``task``, if given),
+    from now to the end of the block."""
     logger = logging.getLogger("distlock_async")
-    handler = LogCount(needle)
+    handler = LogCount(needle, task)
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
@@ -72,10 +79,11 @@ _T = TypeVar("_T")
 
 
 async def waiting(work: Awaitable[_T], within: float = 20.0) -> asyncio.Future[_T]:
-    """``work`` started as a task, once it has logged that it waits (see :data:`WAITING`)."""
-    with log_event(WAITING) as queued, anyio.fail_after(within):
-        task = asyncio.ensure_future(work)
-        await queued.wait()
+    """``work`` started as a task, once *it* has logged that it waits (see :data:`WAITING`): a record of
+    another waiter does not count, so waiters started one after another queue in that order."""
+    task = asyncio.ensure_future(work)  # runs at the first await below, once the count is listening
+    with log_count(WAITING, task) as queued, anyio.fail_after(within):
+        await queued.until(1)
     return task
 
 

@@ -21,7 +21,7 @@ from distlock_async import (
     Term,
 )
 
-from .helpers import Backend, log_event
+from .helpers import Backend, waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -68,9 +68,7 @@ async def test_candidates_lead_one_at_a_time_in_the_order_they_campaigned(coordi
 
         tasks = []
         for n in range(3):
-            with log_event("is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
-                tasks.append(asyncio.ensure_future(candidate(n)))
-                await queued.wait()
+            tasks.append(await waiting(candidate(n), LIMIT))
     except BaseException:  # a failed test still ends the campaign it entered by hand
         with contextlib.suppress(Exception):
             await leader_term.__aexit__(None, None, None)

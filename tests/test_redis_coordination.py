@@ -23,7 +23,7 @@ from distlock_async._backends.redis.scripts import WAITER_TTL_MS
 from distlock_async._core._driver import Granted
 from distlock_async.testing.servers import RedisClusterServers, RedisServer
 
-from .helpers import log_event
+from .helpers import log_event, waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -156,9 +156,7 @@ async def test_a_permit_that_came_free_for_a_waiter_that_gives_up_goes_to_the_ne
     holder = await make().obtain_permit("o", 1, ttl=30)
     waiters = []
     for _ in range(2):
-        with log_event("is held by another owner; waiting") as queued, anyio.fail_after(LIMIT):
-            waiters.append(asyncio.ensure_future(make().obtain_permit("o", 1, max_retries=2, retry_delay=60)))
-            await queued.wait()
+        waiters.append(await waiting(make().obtain_permit("o", 1, max_retries=2, retry_delay=60), LIMIT))
     first, second = waiters
     await holder.release()
     first.cancel()
