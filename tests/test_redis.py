@@ -342,8 +342,11 @@ async def test_a_waiter_that_gives_up_leaves_no_reservation_behind(redis_server:
     await admin.aclose()
 
 
-async def _subscribers(admin: redis.asyncio.Redis, channel: str) -> int:
-    return int((await admin.pubsub_numsub(channel))[0][1])
+async def _until_subscribers(admin: redis.asyncio.Redis, channel: str, count: int) -> None:
+    """Wait (bounded) until ``channel`` has ``count`` subscribers on the server."""
+    with anyio.fail_after(20):
+        while int((await admin.pubsub_numsub(channel))[0][1]) != count:  # noqa: ASYNC110 - server state
+            await asyncio.sleep(0.005)
 
 
 async def test_the_wake_up_connection_comes_back_after_it_failed_under_waiters(redis_server: RedisServer) -> None:
@@ -364,18 +367,13 @@ async def test_the_wake_up_connection_comes_back_after_it_failed_under_waiters(r
         subscriber._make_client = lambda: client_for(link.port, retry=Retry(NoBackoff(), 0))
         held = await holding.obtain("k")
         waiter = asyncio.create_task(waiting.obtain("k", retry_delay=60, max_retries=1))
-        with anyio.fail_after(20):
-            while await _subscribers(admin, channel) == 0:  # noqa: ASYNC110 - server state
-                await asyncio.sleep(0.005)
-            link.cut()
-            while await _subscribers(admin, channel) == 1:  # noqa: ASYNC110 - server state
-                await asyncio.sleep(0.005)
+        await _until_subscribers(admin, channel, 1)
+        link.cut()
+        await _until_subscribers(admin, channel, 0)
         await asyncio.sleep(0.5)  # a few tries to connect again are refused
         assert not waiter.done()
         link.heal()
-        with anyio.fail_after(20):
-            while await _subscribers(admin, channel) == 0:  # noqa: ASYNC110 - server state
-                await asyncio.sleep(0.005)
+        await _until_subscribers(admin, channel, 1)
         await held.release()
         with anyio.fail_after(20):
             lock = await waiter
@@ -384,9 +382,7 @@ async def test_the_wake_up_connection_comes_back_after_it_failed_under_waiters(r
 
         held = await holding.obtain("k")
         waiter = asyncio.create_task(waiting.obtain("k", retry_delay=60, max_retries=1))
-        with anyio.fail_after(20):
-            while await _subscribers(admin, channel) == 0:  # noqa: ASYNC110 - server state
-                await asyncio.sleep(0.005)
+        await _until_subscribers(admin, channel, 1)
         link.cut()
         await asyncio.sleep(0.3)
         waiter.cancel()
