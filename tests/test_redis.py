@@ -23,7 +23,15 @@ from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
-from distlock_async import BackendError, LockNotHeldError, NotObtainedError, Options, RedisLocker, from_url
+from distlock_async import (
+    BackendError,
+    LockLostError,
+    LockNotHeldError,
+    NotObtainedError,
+    Options,
+    RedisLocker,
+    from_url,
+)
 from distlock_async._backends.redis.errors import REPLY_ERRORS, map_errors
 from distlock_async.testing.servers import (
     RedisClusterServers,
@@ -393,6 +401,27 @@ async def test_the_wake_up_connection_comes_back_after_it_failed_under_waiters(r
         await waiting.client.aclose()
         await holding.client.aclose()
     await admin.aclose()
+
+
+async def test_a_lock_whose_refresh_hangs_is_lost_when_its_ttl_may_have_run_out(own_redis: RedisServer) -> None:
+    """The server freezes (SIGSTOP) under a ``lock()`` with a TTL of 1 s and a deadline of 60 s per command:
+    its refresh hangs. The body is cancelled once the lock may have expired (a second after the last
+    refresh was sent), not when the refresh's deadline passes a minute later: by then another process
+    could have held the lock for most of that minute. The server resumes once the body is cancelled, so
+    that the release on the way out is answered (the lock has expired meanwhile: ``LockLostError``)."""
+    locker = RedisLocker(client_for(own_redis.port, socket_timeout=60), Options(ttl=1.0))
+    try:
+        with anyio.fail_after(15), pytest.raises(LockLostError):
+            async with locker.lock("hanging"):
+                own_redis.pause()
+                try:
+                    await asyncio.sleep(120)
+                finally:
+                    own_redis.resume()
+    finally:
+        own_redis.resume()
+        await locker.aclose()
+        await locker.client.aclose()
 
 
 async def test_a_long_wait_keeps_the_waiters_place_in_the_queue(redis_server: RedisServer) -> None:

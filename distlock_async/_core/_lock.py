@@ -9,6 +9,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Generic, Protocol
 
+import anyio
+
 from .._errors import LockNotHeldError
 from . import _metrics
 from ._aio import finish
@@ -84,6 +86,7 @@ class HeldLock(Generic[H]):
         "_released",
         "_token",
         "_ttl",
+        "_valid_until",
     )
 
     def __init__(
@@ -98,6 +101,7 @@ class HeldLock(Generic[H]):
         interval: float,
         kind: str,
         driver: Driver[H],
+        valid_until: float,
     ) -> None:
         self._binding = binding
         #: What ``release``/``refresh``/``ttl`` talk to: the locker's driver, or its view for permits or
@@ -113,6 +117,10 @@ class HeldLock(Generic[H]):
         self._released = False
         self._refresher: RefreshTask[H] | None = None
         self._kind = kind
+        #: Loop time before which the server cannot have let the lock expire: when the attempt or refresh
+        #: that last set its TTL was sent, plus the lifetime the driver gives that TTL. A refresher that
+        #: cannot refresh before then reports the lock lost then, not later.
+        self._valid_until = valid_until
         self._obtained_at = asyncio.get_running_loop().time()
         #: Whether the hold was recorded as over (released or lost): it is recorded once.
         self._ended = False
@@ -176,9 +184,11 @@ class HeldLock(Generic[H]):
         if self._released:
             await asyncio.sleep(0)
             raise LockNotHeldError(self._key, f"lock {self._key!r} was released")
+        sent = asyncio.get_running_loop().time()
         if not await self._driver.extend(self._key, self._token, self._handle, self._ttl):
             self._end(lost=True)
             raise LockNotHeldError(self._key)
+        self._valid_until = max(self._valid_until, sent + self._driver.lifetime(self._ttl))
 
     async def ttl(self) -> float:
         self._binding.check_usable()
@@ -251,12 +261,22 @@ class RefreshTask(Generic[H]):
 
     async def _run(self) -> None:
         lock = self._lock
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(lock._interval)
             try:
-                await lock.refresh()
+                # A refresh that has not succeeded by the time the lock may have expired cannot vouch for
+                # it any more: the lock counts as lost then (a lock() body is cancelled), not when the
+                # refresh's own deadline passes, which can be later than the TTL.
+                with anyio.move_on_after(lock._valid_until - loop.time()) as scope:
+                    await lock.refresh()
             except Exception as exc:
                 await self._report(exc)
+                return
+            if scope.cancelled_caught:
+                lock._end(lost=True)
+                why = f"lock {lock.key!r} may have expired: no refresh succeeded within its TTL"
+                await self._report(LockNotHeldError(lock.key, why))
                 return
 
     async def _report(self, exc: Exception) -> None:

@@ -35,7 +35,7 @@ _MIN_EXPIRY_WAIT = 0.001
 class _Settings:
     """One obtain's settings: the locker's options with the call's keywords applied, checked."""
 
-    __slots__ = ("interval", "max_retries", "retry_delay", "timeout", "ttl")
+    __slots__ = ("interval", "lifetime", "max_retries", "retry_delay", "timeout", "ttl")
 
     def __init__(
         self,
@@ -59,7 +59,8 @@ class _Settings:
         #: Seconds of trying, instead of counting retries (``math.inf``: until obtained or cancelled).
         self.timeout = None if timeout is None else check_timeout(timeout)
         # Refreshes keep up with how long the server really keeps the lock (an etcd lease may differ).
-        self.interval = options.interval_for(driver.lifetime(self.ttl))
+        self.lifetime = driver.lifetime(self.ttl)
+        self.interval = options.interval_for(self.lifetime)
 
 
 class LockerBase(Generic[H]):
@@ -225,7 +226,7 @@ class LockerBase(Generic[H]):
         contender = driver.contender(key, token, settings.ttl, holder)
         granted: Granted[H] | None = None
         try:
-            granted = await self._contend(key, contender, settings, space.kind)
+            granted, sent = await self._contend(key, contender, settings, space.kind)
         finally:
             try:
                 await finish(
@@ -253,18 +254,24 @@ class LockerBase(Generic[H]):
             settings.interval,
             space.kind,
             driver,
+            sent + settings.lifetime,
         )
 
-    async def _contend(self, key: str, contender: Contender[H], settings: _Settings, kind: str) -> Granted[H]:
+    async def _contend(
+        self, key: str, contender: Contender[H], settings: _Settings, kind: str
+    ) -> tuple[Granted[H], float]:
+        """The grant, and when the attempt that got it was sent: the server's TTL runs from a moment no
+        earlier than that."""
         loop = asyncio.get_running_loop()
         # The budget is either a number of retries or a deadline (``timeout``); wake-ups spend neither.
         retries = settings.max_retries
         deadline = None if settings.timeout is None else loop.time() + settings.timeout
         next_slot = loop.time() + settings.retry_delay
         while True:
+            sent = loop.time()
             outcome = await contender.attempt()
             if isinstance(outcome, Granted):
-                return outcome
+                return outcome, sent
             reraise_swallowed_cancel()
             now = loop.time()
             spent = retries == 0 if deadline is None else now >= deadline
