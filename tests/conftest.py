@@ -210,7 +210,9 @@ async def _redis_backend(
         await admin.delete(f"{namespace}:{{{key}}}")
 
     try:
-        yield Backend(name, short_ttl=0.3, resolution=0.002, factory=factory, steal=steal)
+        # 0.5 s: a refresher must confirm a refresh within two thirds of the TTL or report the lock lost,
+        # and a long test session's garbage collection can stall the loop for 0.2 s.
+        yield Backend(name, short_ttl=0.5, resolution=0.002, factory=factory, steal=steal)
         for closable in closables:
             await closable.aclose()
         if check is not None:
