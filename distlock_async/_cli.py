@@ -51,7 +51,7 @@ STATUS_EXIT_CODES = """\
 exit codes:
   0      the status was shown, held or free
   2      bad usage: unknown option, bad URL, memory:// (its locks live inside one process),
-         a backend that cannot show a lock's status or has no semaphores, a bad name
+         a backend that cannot show a lock's status or has no semaphores or elections, a bad name
   4      the backend is unavailable
 """
 
@@ -374,9 +374,7 @@ async def _status_semaphore(url: str, name: str, as_json: bool, out: TextIO) -> 
 
 
 async def _status_election(url: str, name: str, as_json: bool, out: TextIO) -> int:
-    _refuse_memory(url, "status")
-    async with from_url(url) as locker:
-        leader = await locker.election(name).leader()
+    leader = await _inspected(url, lambda locker: locker.election(name).leader(), "has no elections")
     _show_leader(name, leader, as_json, out)  # as ``distlock leader NAME`` prints it
     return EXIT_OK
 

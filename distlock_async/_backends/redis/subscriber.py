@@ -121,7 +121,9 @@ class Subscriber:
             return True
         if queue.ready.done():
             queue.ready = asyncio.get_running_loop().create_future()
-        self._request(True, channel)  # a new connection subscribes every waiting channel
+        # A new connection subscribes every waiting channel; a no-op if the reconnect after the failure
+        # (requested by the reader) has connected meanwhile.
+        self._request(True, _EVERY)
         return await _subscribed(queue, timeout)
 
     async def leave(self, channel: str, owner: str) -> None:
