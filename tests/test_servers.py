@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ servers = [RedisServer(), EtcdServer()]
 for server in servers:
     server.start()
 print(*(server.proc.pid for server in servers), flush=True)
+for server in servers:
+    print(server.dir, flush=True)
 input()  # killed here
 """
 
@@ -43,6 +46,7 @@ def test_servers_die_with_a_test_process_killed_before_its_cleanup() -> None:
         assert parent.stdout is not None
         pids = [int(pid) for pid in parent.stdout.readline().split()]
         assert len(pids) == 2, "the servers did not start"
+        dirs = [Path(parent.stdout.readline().strip()) for _ in pids]
         assert all(_alive(pid) for pid in pids)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
@@ -50,3 +54,5 @@ def test_servers_die_with_a_test_process_killed_before_its_cleanup() -> None:
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [pid for pid in pids if _alive(pid)] == [], "a server outlived the test process that started it"
+    for path in dirs:  # what the killed process's cleanup would have removed
+        shutil.rmtree(path, ignore_errors=True)
