@@ -21,7 +21,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import anyio
 
@@ -127,9 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = commands.add_parser(
+    def command(name: str, **settings: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, parents=[url], formatter_class=argparse.RawDescriptionHelpFormatter, **settings
+        )
+
+    run = command(
         "run",
-        parents=[url],
         help="run a command while holding a lock",
         usage="distlock run [options] KEY -- CMD [ARG ...]",
         description="Obtain KEY, run CMD while refreshing the lock, release the lock when CMD exits.\n"
@@ -137,11 +141,8 @@ def _parser() -> argparse.ArgumentParser:
         "SIGKILL after --grace seconds, and distlock exits with 5. CMD finds its lock's key and\n"
         "fencing token in $DISTLOCK_KEY and $DISTLOCK_FENCING_TOKEN.",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument(
-        "--ttl", type=_positive_seconds, default=30.0, metavar="SECONDS", help="lock TTL in seconds (default 30)"
-    )
+    _add_supervision(run, ttl="lock TTL in seconds")
     run.add_argument(
         "--refresh",
         type=_positive_seconds,
@@ -164,7 +165,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between attempts while waiting; a release wakes a waiter at once anyway (default 0.1)",
     )
-    _add_grace(run)
     run.add_argument(
         "--limit",
         type=_positive_int,
@@ -172,12 +172,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="hold one of N permits of the semaphore KEY instead of the lock KEY: at most N commands run at once",
     )
-    run.add_argument("key", metavar="KEY", help="the lock's key (with --limit: the semaphore's name)")
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
+    _add_target(run, "key", "KEY", "the lock's key (with --limit: the semaphore's name)")
 
-    elect = commands.add_parser(
+    elect = command(
         "elect",
-        parents=[url],
         help="run a command while this process is the leader of an election",
         usage="distlock elect [options] NAME -- CMD [ARG ...]",
         description="Campaign in the election NAME, waiting (first come, first served) until elected; run CMD\n"
@@ -186,43 +184,30 @@ def _parser() -> argparse.ArgumentParser:
         "exits with 5. CMD finds the election's name and its term's fencing token in $DISTLOCK_KEY and\n"
         "$DISTLOCK_FENCING_TOKEN.",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     elect.add_argument(
         "--value",
         default=None,
         help="what observers see as the leader (default: HOSTNAME:PID of this distlock)",
     )
-    elect.add_argument(
-        "--ttl",
-        type=_positive_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="seconds the leadership outlives a dead leader (default 30)",
-    )
-    _add_grace(elect)
-    elect.add_argument("name", metavar="NAME", help="the election's name")
-    elect.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
+    _add_supervision(elect, ttl="seconds the leadership outlives a dead leader")
+    _add_target(elect, "name", "NAME", "the election's name")
 
-    leader = commands.add_parser(
+    leader = command(
         "leader",
-        parents=[url],
         help="show the leader of an election, or follow it with --watch",
         epilog=LEADER_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     leader.add_argument("--json", action="store_true", help="print JSON objects, one a line")
     leader.add_argument("--watch", action="store_true", help="print the leader, then each change, until a signal")
     leader.add_argument("name", metavar="NAME", help="the election's name")
 
-    status = commands.add_parser(
+    status = command(
         "status",
-        parents=[url],
         help="show whether a lock is held, by whom, its remaining TTL and fencing counter; or a semaphore's "
         "permits, or an election's leader",
         usage="distlock status [options] (KEY | --semaphore NAME | --election NAME)",
         epilog=STATUS_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     which = status.add_mutually_exclusive_group()
@@ -232,12 +217,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     which.add_argument("--election", metavar="NAME", help="show the leader of the election NAME instead")
 
-    demo = commands.add_parser(
+    demo = command(
         "demo",
-        parents=[url],
         help="show several workers contending for one lock",
         epilog=DEMO_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--workers", type=_positive_int, default=4, help="contending workers (default 4)")
     demo.add_argument("--rounds", type=_positive_int, default=3, help="sections per worker (default 3)")
@@ -257,7 +240,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_grace(command: argparse.ArgumentParser) -> None:
+def _add_supervision(command: argparse.ArgumentParser, *, ttl: str) -> None:
+    """The options of a command that runs CMD while holding something: its TTL and the loss's grace."""
+    command.add_argument("--ttl", type=_positive_seconds, default=30.0, metavar="SECONDS", help=f"{ttl} (default 30)")
     command.add_argument(
         "--grace",
         type=_seconds,
@@ -265,6 +250,12 @@ def _add_grace(command: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="after a loss: seconds between SIGTERM and SIGKILL to the command (default 10)",
     )
+
+
+def _add_target(command: argparse.ArgumentParser, dest: str, metavar: str, help: str) -> None:
+    """What such a command holds, and CMD after ``--``."""
+    command.add_argument(dest, metavar=metavar, help=help)
+    command.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
 
 
 def _positive_int(text: str) -> int:

