@@ -36,7 +36,7 @@ class TracingEtcdLocker(EtcdLocker):
     async def aclose(self) -> None:
         # Counted once the locker has closed its observations (which hold a watch while open), just
         # before the driver closes its streams.
-        driver = self._driver_
+        driver = self._driver
         close_driver = driver.aclose
 
         async def audited_close() -> None:

@@ -73,7 +73,9 @@ class ScriptedDriver:
 
 async def test_wake_ups_buy_extra_attempts_that_do_not_use_up_the_budget() -> None:
     contender = ScriptedContender(grant_on=50, woken=True)
-    locker = LockerBase(ScriptedDriver(contender), Options(max_retries=1, retry_delay=60))
+    locker: LockerBase[None, ScriptedDriver] = LockerBase(
+        ScriptedDriver(contender), Options(max_retries=1, retry_delay=60)
+    )
     lock = await locker.obtain("k")
     assert contender.attempts == 50  # 49 failed attempts, all woken before the one budgeted retry
     assert contender.closed_with == [Granted(50, None)]
@@ -82,7 +84,9 @@ async def test_wake_ups_buy_extra_attempts_that_do_not_use_up_the_budget() -> No
 
 async def test_without_wake_ups_the_budget_is_one_try_plus_max_retries() -> None:
     contender = ScriptedContender(grant_on=10**6, woken=False)
-    locker = LockerBase(ScriptedDriver(contender), Options(max_retries=3, retry_delay=0.001))
+    locker: LockerBase[None, ScriptedDriver] = LockerBase(
+        ScriptedDriver(contender), Options(max_retries=3, retry_delay=0.001)
+    )
     with pytest.raises(NotObtainedError):
         await locker.obtain("k")
     assert contender.attempts == 1 + 3
@@ -91,7 +95,9 @@ async def test_without_wake_ups_the_budget_is_one_try_plus_max_retries() -> None
 
 async def test_retry_delay_0_retries_back_to_back_within_the_budget() -> None:
     contender = ScriptedContender(grant_on=10**6, woken=False)
-    locker = LockerBase(ScriptedDriver(contender), Options(max_retries=5, retry_delay=0))
+    locker: LockerBase[None, ScriptedDriver] = LockerBase(
+        ScriptedDriver(contender), Options(max_retries=5, retry_delay=0)
+    )
     with pytest.raises(NotObtainedError):
         await locker.obtain("k")
     assert contender.attempts == 6

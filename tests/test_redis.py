@@ -332,7 +332,7 @@ async def test_a_waiter_that_gives_up_leaves_no_reservation_behind(redis_server:
         RedisLocker(client_for(redis_server.port)) as far,
         RedisLocker(client_for(redis_server.port)) as near,
     ):
-        far._driver_.subscriber._make_client = lambda: client_for(slow.port)
+        far._driver.subscriber._make_client = lambda: client_for(slow.port)
         for _ in range(3):
             held = await near.obtain("k")
             waiter = asyncio.create_task(far.obtain("k", retry_delay=60, max_retries=1))
@@ -371,7 +371,7 @@ async def test_the_wake_up_connection_comes_back_after_it_failed_under_waiters(r
         RedisLocker(client_for(redis_server.port)) as waiting,
         RedisLocker(client_for(redis_server.port)) as holding,
     ):
-        subscriber = waiting._driver_.subscriber
+        subscriber = waiting._driver.subscriber
         subscriber._make_client = lambda: client_for(link.port, retry=Retry(NoBackoff(), 0))
         held = await holding.obtain("k")
         waiter = asyncio.create_task(waiting.obtain("k", retry_delay=60, max_retries=1))
@@ -524,7 +524,7 @@ async def test_a_waiter_that_arrives_while_the_wake_up_connection_is_dropped_is_
         a = asyncio.ensure_future(mine.obtain("k1", max_retries=1, retry_delay=60))
         await asyncio.wait_for(subscribed.wait(), 10)
 
-    subscriber = mine._driver_.subscriber
+    subscriber = mine._driver.subscriber
     dropping, proceed = asyncio.Event(), asyncio.Event()
     drop = subscriber._drop_pubsub
 

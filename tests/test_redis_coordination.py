@@ -130,7 +130,7 @@ async def test_a_dead_waiter_holds_the_permit_queue_up_for_waiter_ttl_at_most(
     live waiter gets the permit by itself -- though its next retry is a minute away and nobody releases."""
     _, make = lockers
     holder = await make().obtain_permit("d", 1, ttl=30)
-    dead = make()._driver_.permits(1).contender("d", secrets.token_hex(16), 30.0, "dead")
+    dead = make()._driver.permits(1).contender("d", secrets.token_hex(16), 30.0, "dead")
     assert not isinstance(await dead.attempt(), Granted)
     loop = asyncio.get_running_loop()
     died_at = loop.time()
@@ -276,7 +276,7 @@ async def test_cluster_observe_through_another_node_sees_every_change(
     other = next(node for node in client.get_primaries() if node.name != owner.name)
     client.set_default_node(other)
     candidate = make(0).election("watched")
-    subscriber = observer._driver_.subscriber
+    subscriber = observer._driver.subscriber
     async with observer.election("watched").observe() as leaders:
         with anyio.fail_after(10):
             assert await leaders.__anext__() is None

@@ -117,8 +117,8 @@ def test_etcd_url_gives_an_etcd_locker_that_connects_on_first_use(url: str, endp
     assert locker.options is options
     assert locker.client is None  # nothing dialled yet: from_url stays synchronous
     assert locker.namespace == "distlock/"
-    assert locker._driver_.endpoints == endpoints
-    assert locker._driver_.options is etcd_options
+    assert locker._driver.endpoints == endpoints
+    assert locker._driver.options is etcd_options
 
 
 def test_etcd_options_on_a_memory_url_are_refused() -> None:
@@ -177,13 +177,13 @@ def test_an_etcds_url_sets_tls_files_and_percent_decoded_credentials(tmp_path: P
     )
     locker = from_url(url, etcd_options=EtcdOptions(dial_timeout=1))
     assert isinstance(locker, EtcdLocker)
-    options = locker._driver_.options
+    options = locker._driver.options
     assert (options.tls, options.ca_file, options.cert_file, options.key_file) == (True, str(ca), str(cert), str(key))
     assert (options.server_name, options.username, options.password) == ("etcd", "lock user", PASSWORD)
     assert options.dial_timeout == 1
-    assert locker._driver_.endpoints == [("10.0.0.1", 2379), ("10.0.0.2", 2379)]
+    assert locker._driver.endpoints == [("10.0.0.1", 2379), ("10.0.0.2", 2379)]
     assert PASSWORD not in repr(options)
-    assert from_url("etcds://127.0.0.1:2379")._driver_.options.tls is True  # type: ignore[attr-defined]
+    assert from_url("etcds://127.0.0.1:2379")._driver.options.tls is True  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -209,4 +209,4 @@ def test_bad_etcd_urls_raise_value_error(url: str, etcd_options: EtcdOptions | N
 def test_url_settings_that_agree_with_etcd_options_are_accepted() -> None:
     etcd_options = EtcdOptions(username="u", password="p", session_timeout=2)
     locker = EtcdLocker.from_url("etcd://u:p@127.0.0.1:2379", etcd_options=etcd_options)
-    assert locker._driver_.options is etcd_options
+    assert locker._driver.options is etcd_options

@@ -302,7 +302,7 @@ class _MemoryDriver:
         await anyio.lowlevel.checkpoint()
 
 
-class MemoryLocker(LockerBase[None]):
+class MemoryLocker(LockerBase[None, _MemoryDriver]):
     """An in-process locker with the same semantics as the server backends.
 
     TTLs run on the event loop's clock; fencing tokens and wake on release work as on Redis and etcd.

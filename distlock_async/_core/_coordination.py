@@ -77,7 +77,7 @@ class ElectionHandle(Generic[H]):
 
     __slots__ = ("_elections", "_locker", "_name")
 
-    def __init__(self, locker: LockerBase[H], elections: Elections[H], name: str) -> None:
+    def __init__(self, locker: LockerBase[H, Any], elections: Elections[H], name: str) -> None:
         self._locker = locker
         self._elections = elections
         self._name = name

@@ -20,12 +20,12 @@ from .._validate import check_count, check_key, check_limit, check_seconds, chec
 from . import _metrics
 from ._aio import finish, reraise_swallowed_cancel
 from ._coordination import ElectionHandle, L, Space
-from ._driver import Contender, Driver, Elections, Granted, H, Inspector, Semaphores
+from ._driver import Contender, D, Driver, Elections, Granted, H, Inspector, Semaphores
 from ._lock import Binding, HeldLock, show_as
 
 logger = logging.getLogger("distlock_async")
 
-_Self = TypeVar("_Self", bound="LockerBase[Any]")
+_Self = TypeVar("_Self", bound="LockerBase[Any, Any]")
 
 #: The shortest sleep before retrying when the holder's lock is about to expire: keeps a waiter from
 #: spinning on a lock that the server reports as 0 ms from expiry.
@@ -63,13 +63,15 @@ class _Settings:
         self.interval = options.interval_for(self.lifetime)
 
 
-class LockerBase(Generic[H]):
-    """What every backend's locker does; the contract is on the ``distlock_async.Locker`` protocol."""
+class LockerBase(Generic[H, D]):
+    """What every backend's locker does; the contract is on the ``distlock_async.Locker`` protocol. A
+    backend subclasses it with its handle type ``H`` and its driver's type ``D`` (so that its own methods
+    see its driver's own attributes)."""
 
     #: The ``distlock.backend`` attribute of the locker's metrics: ``memory``, ``redis`` or ``etcd``.
     _backend: ClassVar[str] = "unknown"
 
-    def __init__(self, driver: Driver[H], options: Options | None) -> None:
+    def __init__(self, driver: D, options: Options | None) -> None:
         if options is not None and not isinstance(options, Options):
             raise TypeError(f"options must be distlock_async.Options or None, not {type(options).__name__}")
         self._driver = driver
@@ -162,28 +164,32 @@ class LockerBase(Generic[H]):
         return ElectionHandle(self, self._elections(), name)
 
     def _permits(self, limit: int) -> Space[H, HeldLock[H]]:
-        if not isinstance(self._driver, Semaphores):
+        driver: Driver[H] = self._driver
+        if not isinstance(driver, Semaphores):
             raise NotImplementedError(f"{type(self).__name__} has no semaphores")
-        return Space(self._driver.permits(limit), _metrics.PERMIT, HeldLock)
+        return Space(driver.permits(limit), _metrics.PERMIT, HeldLock)
 
     def _elections(self) -> Elections[H]:
-        if not isinstance(self._driver, Elections):
+        driver: Driver[H] = self._driver
+        if not isinstance(driver, Elections):
             raise NotImplementedError(f"{type(self).__name__} has no elections")
-        return self._driver
+        return driver
 
     async def inspect(self, key: str) -> KeyState:
         check_key(key)
         self._check_usable()
-        if not isinstance(self._driver, Inspector):
+        driver: Driver[H] = self._driver
+        if not isinstance(driver, Inspector):
             raise NotImplementedError(f"{type(self).__name__} cannot inspect a key it does not hold")
-        return await self._driver.inspect(key)
+        return await driver.inspect(key)
 
     async def inspect_semaphore(self, name: str) -> SemaphoreState:
         check_key(name, "name")
         self._check_usable()
-        if not isinstance(self._driver, Semaphores):
+        driver: Driver[H] = self._driver
+        if not isinstance(driver, Semaphores):
             raise NotImplementedError(f"{type(self).__name__} has no semaphores")
-        return await self._driver.inspect_permits(name)
+        return await driver.inspect_permits(name)
 
     async def aclose(self) -> None:
         if self._binding.closed:
@@ -300,7 +306,7 @@ class LockContext(Generic[L]):
 
     __slots__ = ("_key", "_lock", "_locker", "_loss", "_obtain", "_scope")
 
-    def __init__(self, locker: LockerBase[Any], key: str, obtain: Callable[[], Awaitable[L]]) -> None:
+    def __init__(self, locker: LockerBase[Any, Any], key: str, obtain: Callable[[], Awaitable[L]]) -> None:
         self._locker = locker
         self._key = key
         self._obtain = obtain

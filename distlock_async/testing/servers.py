@@ -675,6 +675,11 @@ class RedisSentinelServers(_Group):
         self.sentinel = _Sentinel(self.master.port, self.master_name)
         self.members = [self.master, self.replica, self.sentinel]
 
+    def start(self) -> None:
+        # One after the other: a Sentinel that finds its master down at first reports no master for a while.
+        for server in self.members:
+            server.start()
+
 
 class _Sentinel(RedisServer):
     name = "redis-sentinel"

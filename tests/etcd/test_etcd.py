@@ -186,7 +186,7 @@ async def test_a_txn_compare_on_the_fencing_token_rejects_a_stale_holder(make: A
 
 async def test_inspect_shows_the_holder_for_distlock_status(make: Any) -> None:
     locker = make(Options(holder="status checker"))
-    driver = locker._driver_
+    driver = locker._driver
     held, ttl, counter, holder = astuple(await driver.inspect("status"))
     assert (held, ttl, holder) == (False, None, None)
     lock = await locker.obtain("status", ttl=30)

@@ -307,7 +307,7 @@ async def test_observe_goes_on_after_its_watch_start_revision_was_compacted(make
     from (between its read and its watch); the watch is cancelled as compacted, and the observation reads
     again and watches anew instead of ending or going deaf."""
     locker: TracingEtcdLocker = make()
-    watches = locker._driver_.watches
+    watches = locker._driver.watches
     create = watches.watch
     compacted: list[tuple[Watch, int]] = []
 
@@ -414,4 +414,4 @@ async def test_a_closed_observation_cancels_its_watch_on_the_server(make: Any, e
         assert await next_leader(leaders) is None
         await poll_until(lambda: _watching(etcd_server, 1))
     await poll_until(lambda: _watching(etcd_server, 0))
-    assert not locker._driver_.watches._watches
+    assert not locker._driver.watches._watches

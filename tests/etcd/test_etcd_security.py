@@ -406,7 +406,7 @@ async def test_the_password_appears_in_no_repr_message_or_log_record(
     secrets = [PASSWORD, quote(PASSWORD, safe=""), "not-the-password", STRANGER_PASSWORD]
 
     good = await audits.locker(auth_etcd, with_user(auth_etcd))
-    said += [repr(good), repr(good._driver_.options), str(good._driver_.options)]
+    said += [repr(good), repr(good._driver.options), str(good._driver.options)]
     with anyio.fail_after(LIMIT):
         lock = await good.obtain("secret", ttl=10)
         await token_expiry()

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the docs show ``-> Self``, not a private TypeVar
 __all__ = ["EtcdLocker"]
 
 
-class EtcdLocker(LockerBase[Held]):
+class EtcdLocker(LockerBase[Held, EtcdDriver]):
     """Locks in etcd, compatible with etcd's Go ``concurrency.Mutex`` and ``etcdctl lock``.
 
     Each obtained lock has a lease of its own, and its key ``<namespace><key>/<lease ID in hex>`` is
@@ -82,8 +82,9 @@ class EtcdLocker(LockerBase[Held]):
             )
         if client is not None:
             check_client_options(etcd_options)
-        self._driver_ = EtcdDriver(client, endpoints, etcd_options or EtcdOptions(), check_str("namespace", namespace))
-        super().__init__(self._driver_, options)
+        super().__init__(
+            EtcdDriver(client, endpoints, etcd_options or EtcdOptions(), check_str("namespace", namespace)), options
+        )
 
     @classmethod
     async def connect(
@@ -114,9 +115,9 @@ class EtcdLocker(LockerBase[Held]):
         """
         self = cls._unconnected(parse_endpoints(endpoints), options, etcd_options, namespace)
         try:
-            await self._driver_.ensure()
+            await self._driver.ensure()
         except BaseException:
-            await self._driver_.aclose()
+            await self._driver.aclose()
             raise
         return self
 
@@ -163,12 +164,12 @@ class EtcdLocker(LockerBase[Held]):
     @property
     def client(self) -> aetcd.Client | None:
         """The aetcd client this locker was given or made (``None`` until a URL locker first connects)."""
-        return self._driver_.client
+        return self._driver.client
 
     @property
     def namespace(self) -> str:
         """The prefix of every key this locker writes."""
-        return self._driver_.namespace
+        return self._driver.namespace
 
     def __repr__(self) -> str:
         return f"<distlock_async.EtcdLocker namespace={self.namespace!r}>"

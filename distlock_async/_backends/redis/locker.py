@@ -14,7 +14,7 @@ from .driver import RedisDriver
 __all__ = ["RedisLocker"]
 
 
-class RedisLocker(LockerBase[str]):
+class RedisLocker(LockerBase[str, RedisDriver]):
     """Locks in Redis: standalone, Sentinel-managed or Cluster.
 
     Each lock is one key, ``"{namespace}:{" + key + "}"`` (with ``%`` and ``}`` of the key written as
@@ -66,8 +66,7 @@ class RedisLocker(LockerBase[str]):
         self._init(client, options, RedisConfig(namespace, replicas, replica_timeout), owned=False)
 
     def _init(self, client: Any, options: Options | None, config: RedisConfig, *, owned: bool) -> None:
-        self._driver_ = RedisDriver(client, config, owned=owned)
-        super().__init__(self._driver_, options)
+        super().__init__(RedisDriver(client, config, owned=owned), options)
 
     @classmethod
     def from_url(
@@ -99,12 +98,12 @@ class RedisLocker(LockerBase[str]):
     @property
     def client(self) -> Any:
         """The redis-py client this locker was given or made."""
-        return self._driver_.client
+        return self._driver.client
 
     @property
     def namespace(self) -> str:
         """The prefix of every key this locker writes."""
-        return self._driver_.namespace
+        return self._driver.namespace
 
     def __repr__(self) -> str:
         return f"<distlock_async.RedisLocker namespace={self.namespace!r} client={self.client!r}>"
