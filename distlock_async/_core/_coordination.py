@@ -72,22 +72,16 @@ class HeldTerm(HeldLock[H]):
         self._value = value
 
 
+@dataclass(frozen=True, eq=False, repr=False, slots=True)
 class ElectionHandle(Generic[H]):
     """An election; its contract is documented on the ``distlock_async.Election`` protocol."""
 
-    __slots__ = ("_elections", "_locker", "_name")
-
-    def __init__(self, locker: LockerBase[H, Any], elections: Elections[H], name: str) -> None:
-        self._locker = locker
-        self._elections = elections
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
+    _locker: LockerBase[H, Any]
+    _elections: Elections[H]
+    name: str
 
     def __repr__(self) -> str:
-        return f"<distlock_async.Election name={self._name!r}>"
+        return f"<distlock_async.Election name={self.name!r}>"
 
     def campaign(self, value: str, *, ttl: float | None = None) -> LockContext[HeldTerm[H]]:
         check_value(value)  # ttl is checked with the other settings, by the locker's _context
@@ -95,14 +89,14 @@ class ElectionHandle(Generic[H]):
         make = partial(HeldTerm, elections=elections, value=value)
         space: Space[H, HeldTerm[H]] = Space(elections.candidates(value), _metrics.LEADER, make)
         # No retry budget: a candidate waits until it leads, or until its caller cancels it.
-        return self._locker._context(self._name, space, ttl=ttl, timeout=math.inf)
+        return self._locker._context(self.name, space, ttl=ttl, timeout=math.inf)
 
     async def leader(self) -> Leader | None:
         self._locker._check_usable()
-        return await self._elections.leader(self._name)
+        return await self._elections.leader(self.name)
 
     def observe(self) -> LeaderObservation:
-        return LeaderObservation(self._locker._binding, self._elections, self._name)
+        return LeaderObservation(self._locker._binding, self._elections, self.name)
 
 
 #: ``observe()``'s own "nothing yielded yet".
