@@ -88,6 +88,17 @@ async def waiting(work: Awaitable[_T], within: float = 20.0) -> asyncio.Future[_
     return task
 
 
+async def cancel(task: asyncio.Future[Any]) -> bool:
+    """Cancel ``task`` and wait until it has ended: whether the cancellation landed. If it did not (the
+    task had finished first), its result is in ``task``; an error it raised is raised here."""
+    task.cancel()
+    await asyncio.wait([task])
+    if task.cancelled():
+        return True
+    task.result()
+    return False
+
+
 @dataclass
 class Backend:
     """One backend under test: makes lockers that contend with each other on the same server or store."""

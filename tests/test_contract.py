@@ -28,7 +28,7 @@ from distlock_async import (
     Refresher,
 )
 
-from .helpers import WAITING, Backend, contend, log_count, log_event, waiting
+from .helpers import WAITING, Backend, cancel, contend, log_count, log_event, waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -744,14 +744,11 @@ async def test_cancelled_obtain_leaves_no_orphan_lock(backend: Backend) -> None:
         if holder is not None and rng.random() < 0.5:
             await holder.release()
             holder = None
-        task.cancel()
-        try:
-            lock = await task
-        except asyncio.CancelledError:
+        if await cancel(task):
             outcomes["cancelled"] += 1
         else:
             outcomes["obtained"] += 1
-            await lock.release()
+            await task.result().release()
         if holder is not None:
             await holder.release()
         await assert_free(backend, "k")

@@ -42,7 +42,7 @@ from distlock_async.testing.servers import (
     running,
 )
 
-from .helpers import OPERATIONS, lock_operation, log_event, running_or_skip
+from .helpers import OPERATIONS, cancel, lock_operation, log_event, running_or_skip
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -305,10 +305,7 @@ async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisS
             await asyncio.sleep(rng.uniform(0, 0.006))
             if holder is not None:
                 await holder.release()
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
+            if await cancel(task):
                 cancelled += 1
             # A cancelled refresh leaves a held lock behind only until its release, which is shielded.
             assert await lock_keys(admin, "cancel") == [], f"orphan lock after iteration {i}"

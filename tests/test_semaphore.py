@@ -13,7 +13,7 @@ import pytest
 
 from distlock_async import Lock, LockLostError, LockNotHeldError, NotObtainedError, Options
 
-from .helpers import Backend, contend, log_event, waiting
+from .helpers import Backend, cancel, contend, log_event, waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -183,13 +183,10 @@ async def test_a_cancelled_wait_leaves_nothing_behind(coordination: Backend) -> 
             await asyncio.sleep(rng.uniform(0, 0.004))
         if rng.random() < 0.5:
             await holder.release()
-        task.cancel()
-        try:
-            permit = await task
-        except asyncio.CancelledError:
+        if await cancel(task):
             cancelled += 1
         else:
-            await permit.release()
+            await task.result().release()
         if await holder.ttl() > 0:
             await holder.release()
         # Nothing of the cancelled waiter is left: the permit is free for a newcomer at once.

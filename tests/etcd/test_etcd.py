@@ -35,7 +35,7 @@ from distlock_async._backends.etcd.errors import StreamFailed, map_errors
 from distlock_async.testing.servers import EtcdCluster, EtcdServer, find_binary, free_port, running
 
 from ..etcd_helpers import has_keys, keys, leases, metrics, poll_until, revoke, unary_calls
-from ..helpers import OPERATIONS, WAITING, LogCount, lock_operation, log_count
+from ..helpers import OPERATIONS, WAITING, LogCount, cancel, lock_operation, log_count
 from ..proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -393,10 +393,7 @@ async def test_cancellations_over_a_slow_link_leave_no_key_and_no_lease(
             if holder is not None and rng.random() < 0.5:
                 await holder.release()
                 holder = None
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
+            if await cancel(task):
                 cancelled += 1
             expected = [] if holder is None else [holder.fencing_token]
             assert [kv.create_revision for kv in await queue(admin, "c")] == expected, f"iteration {i}"
