@@ -21,6 +21,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -221,6 +222,7 @@ def main() -> None:
     if args.quick:
         args.rounds, args.seconds, args.contended_rounds, args.contended_seconds = 1, 0.3, 1, 0.5
         args.waiters, args.keys, args.fairness_seconds = 1_000, 100, 1.0
+    fairness_load = replace(fairness.LOAD, seconds=args.fairness_seconds)
 
     server = RedisServer()
     server.start()
@@ -228,7 +230,7 @@ def main() -> None:
         results: dict[str, Any] = {"machine": _machine(server.url), "settings": vars(args)}
         results["redis"] = asyncio.run(_redis(server.url, args))
         results["redis"]["E"] = _scale(server.url, args)
-        results["redis"]["F"] = fairness.run_backend("redis", server.url, seconds=args.fairness_seconds)
+        results["redis"]["F"] = fairness.run_backend("redis", server.url, fairness_load)
         results["redis"].update(coordination.run_backend("redis", server.url, **_coordination_settings(args)))
     finally:
         server.cleanup()
@@ -239,7 +241,7 @@ def main() -> None:
         results["machine"]["etcd"] = _etcd_version(etcd.port)
         results["etcd"] = asyncio.run(_etcd(etcd, args))
         results["etcd"]["E"] = _scale(f"etcd://{etcd.endpoint}", args)
-        results["etcd"]["F"] = fairness.run_backend("etcd", etcd.endpoint, seconds=args.fairness_seconds)
+        results["etcd"]["F"] = fairness.run_backend("etcd", etcd.endpoint, fairness_load)
         results["etcd"].update(coordination.run_backend("etcd", etcd.endpoint, **_coordination_settings(args)))
     finally:
         etcd.cleanup()

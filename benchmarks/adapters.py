@@ -32,9 +32,16 @@ class Adapter:
     async def setup(self) -> None:
         """Connect; called once, outside any timing."""
 
-    async def acquire(self, key: str) -> Any:
-        """Take ``key``'s lock, waiting until it is free; return what ``release`` needs."""
+    def new_lock(self, key: str) -> Any:
+        """A lock object of the library for ``key``, for the default ``acquire``."""
         raise NotImplementedError
+
+    async def acquire(self, key: str) -> Any:
+        """Take ``key``'s lock, waiting until it is free; return what ``release`` needs: by default,
+        ``new_lock(key)`` once its own ``acquire()`` has returned."""
+        lock = self.new_lock(key)
+        await lock.acquire()
+        return lock
 
     async def release(self, handle: Any) -> None:
         """Give back what ``acquire`` returned: by default, with that lock's own ``release()``."""
@@ -126,10 +133,8 @@ class RedisPy(_RedisClient):
 
     name = "redis-py Lock"
 
-    async def acquire(self, key: str) -> Any:
-        lock = self.client.lock(f"redis-py:{key}", timeout=TTL)
-        await lock.acquire()
-        return lock
+    def new_lock(self, key: str) -> Any:
+        return self.client.lock(f"redis-py:{key}", timeout=TTL)
 
 
 class PythonRedisLock(_ByUrl):
@@ -166,10 +171,8 @@ class Pottery(_RedisClient):
     name = "pottery AIORedlock"
     library = "pottery"
 
-    async def acquire(self, key: str) -> Any:
-        lock = self.module.AIORedlock(key=key, masters={self.client}, auto_release_time=TTL)
-        await lock.acquire()
-        return lock
+    def new_lock(self, key: str) -> Any:
+        return self.module.AIORedlock(key=key, masters={self.client}, auto_release_time=TTL)
 
 
 class Aioredlock(_ByUrl):

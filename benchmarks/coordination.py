@@ -31,13 +31,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 from distlock_async import Options, from_url
 
-from .workers import each_backend, quantile, run_tasks, run_together, spawn, started
+from .workers import Load, each_backend, quantile, run_tasks, run_together, spawn, started
 
 NAME = "bench-s"
+#: Scenario S's load: four processes of four tasks each.
+LOAD = Load(processes=4, tasks=4)
 _runs = itertools.count()
 
 
@@ -107,23 +110,14 @@ async def _round_trip(url: str) -> float:
     return statistics.median(samples)
 
 
-def semaphore(
-    backend: str,
-    address: str,
-    *,
-    processes: int = 4,
-    tasks: int = 4,
-    limit: int = 4,
-    seconds: float = 5.0,
-    hold: float = 0.001,
-) -> dict[str, Any]:
+def semaphore(backend: str, address: str, load: Load = LOAD, *, limit: int = 4) -> dict[str, Any]:
     url = _url(backend, address)
     name = f"{NAME}-{os.getpid()}-{next(_runs)}"  # a semaphore of its own per run
-    common = ["--tasks", str(tasks), "--limit", str(limit), "--seconds", str(seconds), "--hold", str(hold)]
-    workers = [_spawn("permits", url, name, *common) for _ in range(processes)]
-    results = run_together(workers, seconds, "the semaphore")
+    common = ["--limit", str(limit), *load.worker_args()]
+    workers = [_spawn("permits", url, name, *common) for _ in range(load.processes)]
+    results = run_together(workers, load.seconds, "the semaphore")
     round_trip = asyncio.run(_round_trip(url))
-    return summarise_permits(results, limit=limit, seconds=seconds, hold=hold, round_trip=round_trip)
+    return summarise_permits(results, limit=limit, seconds=load.seconds, hold=load.hold, round_trip=round_trip)
 
 
 def summarise_permits(
@@ -232,7 +226,7 @@ def failover(backend: str, address: str, *, runs: int = 10, ttl: float = 2.0) ->
 
 
 def run_backend(backend: str, address: str, *, seconds: float = 5.0, runs: int = 10) -> dict[str, Any]:
-    s = semaphore(backend, address, seconds=seconds)
+    s = semaphore(backend, address, replace(LOAD, seconds=seconds))
     print(
         f"{backend} S: {s['permits_per_s']:.0f} permits/s ({s['of_bound']:.2f} of the raw bound "
         f"{s['raw_bound_per_s']:.0f}/s), most held at once {s['most_held_at_once']} of {s['limit']}, "
@@ -254,10 +248,8 @@ def main() -> None:
     permits = sub.add_parser("permits")
     permits.add_argument("url")
     permits.add_argument("name")
-    for option in ("--tasks", "--limit"):
-        permits.add_argument(option, type=int, required=True)
-    for option in ("--seconds", "--hold"):
-        permits.add_argument(option, type=float, required=True)
+    permits.add_argument("--limit", type=int, required=True)
+    Load.add_worker_options(permits)
     campaign = sub.add_parser("campaign")
     campaign.add_argument("url")
     campaign.add_argument("name")

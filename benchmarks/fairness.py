@@ -30,9 +30,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .adapters import Adapter, etcd_adapters, redis_adapters
-from .workers import ROOT, each_backend, quantile, run_tasks, run_together, spawn, started
+from .workers import ROOT, Load, each_backend, quantile, run_tasks, run_together, spawn, started
 
 KEY = "bench-f"
+#: Scenario F's load: four processes of two tasks each, the last one far.
+LOAD = Load(processes=4, tasks=2)
 #: Seconds the proxy adds each way in front of the far process.
 DELAY = 0.002
 
@@ -95,17 +97,7 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     return spawn("benchmarks.fairness", *args)
 
 
-def run(
-    backend: str,
-    name: str,
-    address: str,
-    *,
-    processes: int = 4,
-    tasks: int = 2,
-    seconds: float = 5.0,
-    hold: float = 0.001,
-    delay: float = DELAY,
-) -> dict[str, Any]:
+def run(backend: str, name: str, address: str, load: Load = LOAD, *, delay: float = DELAY) -> dict[str, Any]:
     """Scenario F for one adapter; ``address`` is a Redis URL or an etcd ``host:port``."""
     netloc = urlsplit(address).netloc if "//" in address else address
     port = netloc.rsplit(":", 1)[1]
@@ -117,17 +109,17 @@ def run(
         if not proxy_port.isdigit():
             raise RuntimeError(f"the delay proxy failed to start: {proxy_port!r}")
         far = address.replace(netloc, f"127.0.0.1:{proxy_port}")
-        common = [backend, name, "--tasks", str(tasks), "--seconds", str(seconds), "--hold", str(hold)]
-        for n in range(processes):
-            workers.append(_spawn("worker", *common, "--address", far if n == processes - 1 else address))
-        results = run_together(workers, seconds, name)
+        common = [backend, name, *load.worker_args()]
+        for n in range(load.processes):
+            workers.append(_spawn("worker", *common, "--address", far if n == load.processes - 1 else address))
+        results = run_together(workers, load.seconds, name)
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
         proxy.kill()
         proxy.wait()
-    return summarise(results, tasks=tasks, seconds=seconds, hold=hold, far=processes - 1)
+    return summarise(results, tasks=load.tasks, seconds=load.seconds, hold=load.hold, far=load.processes - 1)
 
 
 def summarise(results: list[dict[str, Any]], *, tasks: int, seconds: float, hold: float, far: int) -> dict[str, Any]:
@@ -176,12 +168,12 @@ def summarise(results: list[dict[str, Any]], *, tasks: int, seconds: float, hold
     }
 
 
-def run_backend(backend: str, address: str, names: list[str] | None = None, **settings: Any) -> dict[str, Any]:
+def run_backend(backend: str, address: str, load: Load = LOAD, names: list[str] | None = None) -> dict[str, Any]:
     out = {}
     for adapter in _adapters(backend, address):
         if adapter.unavailable or (names and adapter.name not in names):
             continue
-        out[adapter.name] = result = run(backend, adapter.name, address, **settings)
+        out[adapter.name] = result = run(backend, adapter.name, address, load)
         print(
             f"{backend} F {adapter.name}: shares "
             + " ".join(f"{p['share']:.2f}{'*' if p['far'] else ''}" for p in result["per_process"])
@@ -201,17 +193,15 @@ def main() -> None:
     worker.add_argument("backend")
     worker.add_argument("adapter")
     worker.add_argument("--address", required=True)
-    worker.add_argument("--tasks", type=int, required=True)
-    worker.add_argument("--seconds", type=float, required=True)
-    worker.add_argument("--hold", type=float, required=True)
+    Load.add_worker_options(worker)
     proxy = sub.add_parser("proxy")
     proxy.add_argument("port", type=int)
     proxy.add_argument("delay", type=float)
     parser.add_argument("--backend", choices=["redis", "etcd"], action="append")
     parser.add_argument("--adapter", action="append", help="only these adapters (by name)")
-    parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--tasks", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--processes", type=int, default=LOAD.processes)
+    parser.add_argument("--tasks", type=int, default=LOAD.tasks)
+    parser.add_argument("--seconds", type=float, default=LOAD.seconds)
     args = parser.parse_args()
     if args.command == "worker":
         out = asyncio.run(_work(args.backend, args.adapter, args.address, args.tasks, args.seconds, args.hold))
@@ -220,10 +210,8 @@ def main() -> None:
     if args.command == "proxy":
         asyncio.run(_proxy(args.port, args.delay))
         return
-    settings = {"processes": args.processes, "tasks": args.tasks, "seconds": args.seconds}
-    results = each_backend(
-        args.backend, lambda backend, address: run_backend(backend, address, args.adapter, **settings)
-    )
+    load = Load(args.processes, args.tasks, args.seconds)
+    results = each_backend(args.backend, lambda backend, address: run_backend(backend, address, load, args.adapter))
     print(json.dumps(results, indent=2))
 
 

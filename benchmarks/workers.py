@@ -1,5 +1,5 @@
-"""What the multi-process scenarios share: starting worker processes together, a worker's tasks, a
-server of each backend for a scenario run alone, and quantiles.
+"""What the multi-process scenarios share: their load, starting worker processes together, a worker's
+tasks, a server of each backend for a scenario run alone, and quantiles.
 
 A worker prints ``ready`` once warmed up, then reads a start time (the machine's monotonic clock, one
 clock for every process on Linux) from stdin, works until start + seconds, and prints its records as
@@ -8,20 +8,45 @@ one JSON document.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distlock_async.testing.servers import EtcdServer, RedisServer
 
-__all__ = ["each_backend", "quantile", "run_tasks", "run_together", "spawn", "started"]
+__all__ = ["Load", "each_backend", "quantile", "run_tasks", "run_together", "spawn", "started"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a multi-process scenario asks of its workers: ``processes`` worker processes each run
+    ``tasks`` tasks that take the lock (or a permit), hold it ``hold`` seconds and give it back, over
+    and over, for ``seconds``."""
+
+    processes: int
+    tasks: int
+    seconds: float = 5.0
+    hold: float = 0.001
+
+    def worker_args(self) -> list[str]:
+        """What each worker is told of it: the options :meth:`add_worker_options` declares."""
+        return ["--tasks", str(self.tasks), "--seconds", str(self.seconds), "--hold", str(self.hold)]
+
+    @staticmethod
+    def add_worker_options(parser: argparse.ArgumentParser) -> None:
+        """A worker's side of :meth:`worker_args`."""
+        parser.add_argument("--tasks", type=int, required=True)
+        parser.add_argument("--seconds", type=float, required=True)
+        parser.add_argument("--hold", type=float, required=True)
 
 
 def spawn(module: str, *args: str) -> subprocess.Popen[str]:

@@ -44,7 +44,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,155 +155,160 @@ PERMIT_MODES = ("permit", "semaphore")
 
 
 async def _work(args: argparse.Namespace, log: TextIO) -> None:
-    rng = random.Random(args.seed)
-    store = FencedStore(Path(args.store), args.limit if args.mode in PERMIT_MODES else 1)
-    hold = Path(args.hold_while) if args.hold_while else None
-
-    def emit(**record: Any) -> None:
-        log.write(json.dumps({"client": args.client, "pid": os.getpid(), **record}) + "\n")
-
     options = Options(ttl=args.ttl, max_retries=1000, retry_delay=0.05)
     # Redis takes its deadline from the URL (socket_timeout); etcd from EtcdOptions.
     etcd_options = EtcdOptions(session_timeout=args.etcd_deadline) if args.url.startswith("etcd://") else None
     locker, clients = make_locker(args.url, options, etcd_options)
+    worker = _Worker(
+        args,
+        log,
+        locker,
+        FencedStore(Path(args.store), args.limit if args.mode in PERMIT_MODES else 1),
+        Path(args.hold_while) if args.hold_while else None,
+        random.Random(args.seed),
+    )
     try:
         if args.mode == "observe":
-            await _observe(args, locker, emit)
+            await worker.observe()
         elif args.mode == "election":
-            await _terms(args, locker, store, hold, rng, emit)
+            await worker.terms()
         else:
-            await _sections(args, locker, store, hold, rng, emit)
+            await worker.sections()
     finally:
         await locker.aclose()
         for client in clients:
             await client.aclose()
 
 
-async def _sections(
-    args: argparse.Namespace,
-    locker: Locker,
-    store: FencedStore,
-    hold: Path | None,
-    rng: random.Random,
-    emit: Callable[..., None],
-) -> None:
-    done = 0
-    permits = args.mode in PERMIT_MODES
-    while done < args.sections:
-        started = time.monotonic_ns()
-        section: dict[str, Any] = {"event": "section"}
-        try:
-            if args.mode in ("lock", "semaphore"):
-                context = locker.lock(args.key) if args.mode == "lock" else locker.semaphore(args.key, args.limit)
-                async with context as lock:
-                    section["obtained_at"] = time.monotonic_ns()
-                    emit(event="obtained", token=lock.fencing_token)
-                    try:
-                        await _section(store, lock.fencing_token, rng, section, hold, add=permits)
-                        await asyncio.sleep(args.linger)  # work after the write, under the lock
-                    finally:  # the body ends here, cancelled or not
-                        section["done_at"] = time.monotonic_ns()
-                section["release"] = "ok"
-            else:
-                if permits:
-                    held = await locker.obtain_permit(args.key, args.limit)
-                else:
-                    held = await locker.obtain(args.key)
-                section["obtained_at"] = time.monotonic_ns()
-                emit(event="obtained", token=held.fencing_token)
-                await _section(store, held.fencing_token, rng, section, hold, add=permits)
-                await asyncio.sleep(args.linger)  # work after the write, before the release
-                section["done_at"] = time.monotonic_ns()
-                try:
-                    await held.release()
-                    section["release"] = "ok"
-                except LockNotHeldError:
-                    section["release"] = "not-held"
-        except (NotObtainedError, BackendError, LockLostError, LockNotHeldError) as exc:
-            section["error"] = type(exc).__name__
-            section["error_after_ms"] = (time.monotonic_ns() - started) / 1e6
-        if "token" in section:
-            done += 1
-        emit(**section)
-        if "error" in section and "token" not in section:
-            await asyncio.sleep(0.02)  # the backend is down: do not spin
+@dataclass
+class _Worker:
+    """A worker process's mode at work: its command line, its log, its locker, the fenced store, the file
+    that holds its sections back (``--hold-while``) and its random source."""
 
+    args: argparse.Namespace
+    log: TextIO
+    locker: Locker
+    store: FencedStore
+    hold: Path | None
+    rng: random.Random
 
-async def _terms(
-    args: argparse.Namespace,
-    locker: Locker,
-    store: FencedStore,
-    hold: Path | None,
-    rng: random.Random,
-    emit: Callable[..., None],
-) -> None:
-    """Election mode: campaign, write ``args.writes`` times while leading (each write logged as a
-    ``section``), resign; the term is logged as a ``term``. ``args.sections`` terms."""
-    election = locker.election(args.key)
-    done = 0
-    while done < args.sections:
-        started = time.monotonic_ns()
-        term_record: dict[str, Any] = {"event": "term"}
-        try:
-            async with election.campaign(args.client) as term:
-                term_record["obtained_at"] = obtained_at = time.monotonic_ns()
-                term_record["token"] = term.fencing_token
-                emit(event="obtained", token=term.fencing_token)
-                try:
-                    for _ in range(args.writes):
-                        write: dict[str, Any] = {"event": "section", "obtained_at": obtained_at}
-                        try:
-                            await _section(store, term.fencing_token, rng, write, hold)
-                        finally:  # logged even if the loss of the term cancels it
-                            emit(**write)
-                        if not write["accepted"]:
-                            term_record["refused"] = True
-                            break  # the resource says another leader came: stop acting as the leader
-                    await asyncio.sleep(args.linger)  # work after the writes, still leading
-                finally:  # the body ends here, cancelled or not
-                    term_record["done_at"] = time.monotonic_ns()
-            term_record["release"] = "ok"
-        except (BackendError, LockLostError, LockNotHeldError) as exc:
-            term_record["error"] = type(exc).__name__
-            term_record["error_after_ms"] = (time.monotonic_ns() - started) / 1e6
-        if "token" in term_record:
-            done += 1
-        term_record["ended_at"] = time.monotonic_ns()  # resigned, or gave up on resigning
-        emit(**term_record)
-        if "error" in term_record and "token" not in term_record:
-            await asyncio.sleep(0.02)  # the backend is down: do not spin
+    def emit(self, **record: Any) -> None:
+        self.log.write(json.dumps({"client": self.args.client, "pid": os.getpid(), **record}) + "\n")
 
-
-async def _observe(args: argparse.Namespace, locker: Locker, emit: Callable[..., None]) -> None:
-    """Observe mode: log each leader ``observe()`` yields until ``--observe-while`` is gone; a failed
-    observation (the server went away) is logged and opened again."""
-    assert args.observe_while is not None
-    flag = Path(args.observe_while)
-
-    async def follow() -> None:
-        while True:
+    async def sections(self) -> None:
+        """The other modes: ``--sections`` sections, each logged as a ``section``."""
+        done = 0
+        permits = self.args.mode in PERMIT_MODES
+        while done < self.args.sections:
+            started = time.monotonic_ns()
+            section: dict[str, Any] = {"event": "section"}
             try:
-                async with locker.election(args.key).observe() as leaders:
-                    async for leader in leaders:
-                        at = time.monotonic_ns()
-                        if leader is None:
-                            emit(event="seen", at=at, value=None, token=None)
-                        else:
-                            emit(event="seen", at=at, value=leader.value, token=leader.fencing_token)
-            except BackendError as exc:
-                emit(event="observe-error", at=time.monotonic_ns(), error=type(exc).__name__)
-                await asyncio.sleep(0.05)
+                if self.args.mode in ("lock", "semaphore"):
+                    context = (
+                        self.locker.lock(self.args.key)
+                        if self.args.mode == "lock"
+                        else self.locker.semaphore(self.args.key, self.args.limit)
+                    )
+                    async with context as lock:
+                        section["obtained_at"] = time.monotonic_ns()
+                        self.emit(event="obtained", token=lock.fencing_token)
+                        try:
+                            await _section(self.store, lock.fencing_token, self.rng, section, self.hold, add=permits)
+                            await asyncio.sleep(self.args.linger)  # work after the write, under the lock
+                        finally:  # the body ends here, cancelled or not
+                            section["done_at"] = time.monotonic_ns()
+                    section["release"] = "ok"
+                else:
+                    if permits:
+                        held = await self.locker.obtain_permit(self.args.key, self.args.limit)
+                    else:
+                        held = await self.locker.obtain(self.args.key)
+                    section["obtained_at"] = time.monotonic_ns()
+                    self.emit(event="obtained", token=held.fencing_token)
+                    await _section(self.store, held.fencing_token, self.rng, section, self.hold, add=permits)
+                    await asyncio.sleep(self.args.linger)  # work after the write, before the release
+                    section["done_at"] = time.monotonic_ns()
+                    try:
+                        await held.release()
+                        section["release"] = "ok"
+                    except LockNotHeldError:
+                        section["release"] = "not-held"
+            except (NotObtainedError, BackendError, LockLostError, LockNotHeldError) as exc:
+                section["error"] = type(exc).__name__
+                section["error_after_ms"] = (time.monotonic_ns() - started) / 1e6
+            if "token" in section:
+                done += 1
+            self.emit(**section)
+            if "error" in section and "token" not in section:
+                await asyncio.sleep(0.02)  # the backend is down: do not spin
 
-    task = asyncio.create_task(follow())
-    try:
-        while await asyncio.to_thread(flag.exists):
-            if task.done():
-                task.result()  # an error the observer does not expect: the worker fails
-            await asyncio.sleep(0.02)  # another process's signal to stop: there is no event to await
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def terms(self) -> None:
+        """Election mode: campaign, write ``--writes`` times while leading (each write logged as a
+        ``section``), resign; the term is logged as a ``term``. ``--sections`` terms."""
+        election = self.locker.election(self.args.key)
+        done = 0
+        while done < self.args.sections:
+            started = time.monotonic_ns()
+            term_record: dict[str, Any] = {"event": "term"}
+            try:
+                async with election.campaign(self.args.client) as term:
+                    term_record["obtained_at"] = obtained_at = time.monotonic_ns()
+                    term_record["token"] = term.fencing_token
+                    self.emit(event="obtained", token=term.fencing_token)
+                    try:
+                        for _ in range(self.args.writes):
+                            write: dict[str, Any] = {"event": "section", "obtained_at": obtained_at}
+                            try:
+                                await _section(self.store, term.fencing_token, self.rng, write, self.hold)
+                            finally:  # logged even if the loss of the term cancels it
+                                self.emit(**write)
+                            if not write["accepted"]:
+                                term_record["refused"] = True
+                                break  # the resource says another leader came: stop acting as the leader
+                        await asyncio.sleep(self.args.linger)  # work after the writes, still leading
+                    finally:  # the body ends here, cancelled or not
+                        term_record["done_at"] = time.monotonic_ns()
+                term_record["release"] = "ok"
+            except (BackendError, LockLostError, LockNotHeldError) as exc:
+                term_record["error"] = type(exc).__name__
+                term_record["error_after_ms"] = (time.monotonic_ns() - started) / 1e6
+            if "token" in term_record:
+                done += 1
+            term_record["ended_at"] = time.monotonic_ns()  # resigned, or gave up on resigning
+            self.emit(**term_record)
+            if "error" in term_record and "token" not in term_record:
+                await asyncio.sleep(0.02)  # the backend is down: do not spin
+
+    async def observe(self) -> None:
+        """Observe mode: log each leader ``observe()`` yields until ``--observe-while`` is gone; a failed
+        observation (the server went away) is logged and opened again."""
+        assert self.args.observe_while is not None
+        flag = Path(self.args.observe_while)
+
+        async def follow() -> None:
+            while True:
+                try:
+                    async with self.locker.election(self.args.key).observe() as leaders:
+                        async for leader in leaders:
+                            at = time.monotonic_ns()
+                            if leader is None:
+                                self.emit(event="seen", at=at, value=None, token=None)
+                            else:
+                                self.emit(event="seen", at=at, value=leader.value, token=leader.fencing_token)
+                except BackendError as exc:
+                    self.emit(event="observe-error", at=time.monotonic_ns(), error=type(exc).__name__)
+                    await asyncio.sleep(0.05)
+
+        task = asyncio.create_task(follow())
+        try:
+            while await asyncio.to_thread(flag.exists):
+                if task.done():
+                    task.result()  # an error the observer does not expect: the worker fails
+                await asyncio.sleep(0.02)  # another process's signal to stop: there is no event to await
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _section(

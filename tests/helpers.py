@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from distlock_async import Locker, MemoryLocker, Options
+from distlock_async import Lock, Locker, MemoryLocker, Options
 from distlock_async.testing.servers import ServerMissing, running
 
 
@@ -87,6 +88,17 @@ async def waiting(work: Awaitable[_T], within: float = 20.0) -> asyncio.Future[_
     return task
 
 
+async def cancel(task: asyncio.Future[Any]) -> bool:
+    """Cancel ``task`` and wait until it has ended: whether the cancellation landed. If it did not (the
+    task had finished first), its result is in ``task``; an error it raised is raised here."""
+    task.cancel()
+    await asyncio.wait([task])
+    if task.cancelled():
+        return True
+    task.result()
+    return False
+
+
 @dataclass
 class Backend:
     """One backend under test: makes lockers that contend with each other on the same server or store."""
@@ -146,6 +158,37 @@ async def run_concurrently(worker: Callable[[int], Coroutine[Any, Any, None]], c
         async with anyio.create_task_group() as tg:
             for n in range(count):
                 tg.start_soon(worker, n)
+
+
+@dataclass
+class Contention:
+    """What :func:`contend` saw."""
+
+    #: The most tasks that held what they obtained at one instant.
+    most_inside: int
+    #: The fencing tokens of every grant, in the order they were granted.
+    tokens: list[int]
+
+
+async def contend(obtain: Callable[[int], Awaitable[Lock]], tasks: int, rounds: int) -> Contention:
+    """``tasks`` tasks that each, ``rounds`` times, obtain a lock or permit (task ``n`` by ``obtain(n)``),
+    stay inside for three scheduler turns, so that others can run meanwhile, and release it."""
+    inside: set[int] = set()
+    seen = Contention(0, [])
+
+    async def worker(n: int) -> None:
+        for _ in range(rounds):
+            held = await obtain(n)
+            inside.add(n)
+            seen.most_inside = max(seen.most_inside, len(inside))
+            seen.tokens.append(held.fencing_token)
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            inside.discard(n)
+            await held.release()
+
+    await run_concurrently(worker, tasks)
+    return seen
 
 
 def run_user_suite(directory: Path, name: str, source: str) -> str:

@@ -28,7 +28,7 @@ from distlock_async import (
     Refresher,
 )
 
-from .helpers import WAITING, Backend, log_count, log_event, run_concurrently, waiting
+from .helpers import WAITING, Backend, cancel, contend, log_count, log_event, waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -722,29 +722,11 @@ async def test_fencing_tokens_strictly_increase_across_release_expiry_and_locker
 
 async def test_mutual_exclusion_under_contention_of_16_tasks(backend: Backend) -> None:
     lockers = [backend.locker(Options(max_retries=100_000, retry_delay=0.05)) for _ in range(4)]
-    holder: list[int] = []
-    grants: list[int] = []
-    violations = 0
-    rounds = 5
-
-    async def worker(n: int) -> None:
-        nonlocal violations
-        for _ in range(rounds):
-            lock = await lockers[n % 4].obtain("hot")
-            if holder:
-                violations += 1
-            holder.append(n)
-            grants.append(lock.fencing_token)
-            for _ in range(3):
-                await anyio.lowlevel.checkpoint()
-            holder.remove(n)
-            await lock.release()
-
-    await run_concurrently(worker, 16)
-    assert violations == 0
-    assert len(grants) == 16 * rounds
-    assert grants == sorted(grants)
-    assert len(set(grants)) == len(grants)
+    seen = await contend(lambda n: lockers[n % 4].obtain("hot"), tasks=16, rounds=5)
+    assert seen.most_inside == 1
+    assert len(seen.tokens) == 16 * 5
+    assert seen.tokens == sorted(seen.tokens)
+    assert len(set(seen.tokens)) == len(seen.tokens)
 
 
 async def test_cancelled_obtain_leaves_no_orphan_lock(backend: Backend) -> None:
@@ -762,14 +744,11 @@ async def test_cancelled_obtain_leaves_no_orphan_lock(backend: Backend) -> None:
         if holder is not None and rng.random() < 0.5:
             await holder.release()
             holder = None
-        task.cancel()
-        try:
-            lock = await task
-        except asyncio.CancelledError:
+        if await cancel(task):
             outcomes["cancelled"] += 1
         else:
             outcomes["obtained"] += 1
-            await lock.release()
+            await task.result().release()
         if holder is not None:
             await holder.release()
         await assert_free(backend, "k")

@@ -193,52 +193,34 @@ def _valid_view(run: Run, since: int, records: list[dict[str, Any]]) -> dict[str
 # --- the tests ------------------------------------------------------------------------------------------------
 
 
-def test_follower_killed_and_restarted(cluster: EtcdCluster, tmp_path: Path, figures: Figures) -> None:
-    """kill -9 of a follower that two of the workers talk to, twice, each time while a worker holds the
-    lock; restarted once the lock has changed hands without it.
+@pytest.mark.parametrize("role", ["follower", "leader"])
+def test_member_killed_and_restarted(cluster: EtcdCluster, tmp_path: Path, role: str, figures: Figures) -> None:
+    """kill -9 of a member while a worker holds the lock, twice; restarted once the lock has changed hands
+    without it. ``follower``: a follower that two of the workers talk to, the same one both times.
+    ``leader``: the leader (the second time the new leader), restarted once the others have also elected
+    a leader.
 
-    Expected: the workers fail over to another member (a typed error at worst); etcd keeps mutual
-    exclusion throughout -- 0 overlaps, so 0 writes refused; every worker finishes; nothing left behind.
+    Expected: the workers fail over to another member (a typed error at worst); a dead leader costs an
+    election (~0.4 s with these timers) during which requests are retried, and the new leader resets
+    every lease to its full TTL, so no lock ends early. etcd keeps mutual exclusion throughout -- 0
+    overlaps, so 0 writes refused; every worker finishes; nothing left behind.
     """
     leader = _await_leader(cluster.members)
-    follower = next(member for member in cluster.members if member is not leader)
-    figures.update(backend="etcd-cluster", faults={"follower_kill9_restart": 0})
-    with _run(_urls(cluster, follower), tmp_path, sections=8) as run:
+    victim = leader if role == "leader" else next(member for member in cluster.members if member is not leader)
+    fault = f"{role}_kill9_restart"
+    figures.update(backend="etcd-cluster", faults={fault: 0})
+    with _run(_urls(cluster, victim), tmp_path, sections=8) as run:
         token = 0
         for _ in range(2):
+            if role == "leader":
+                victim = _await_leader(cluster.members)
             holder = _await_holder(run, token)
-            follower.kill()
-            figures["faults"]["follower_kill9_restart"] += 1
+            victim.kill()
+            figures["faults"][fault] += 1
+            if role == "leader":
+                _await_leader([member for member in cluster.members if member is not victim])  # a new one elected
             token = int(_await_holder(run, int(holder["token"]))["token"])  # granted with the member down
-            follower.start()
-        run.wait(FINISH)
-    counts = check(run, figures)
-    assert counts["sections"] == 24, counts
-    _assert_exclusive_throughout(counts)
-    _no_lock_left(leader, figures)
-
-
-def test_leader_killed_and_restarted(cluster: EtcdCluster, tmp_path: Path, figures: Figures) -> None:
-    """kill -9 of the leader while a worker holds the lock, twice (the second time the new leader);
-    restarted once the others elected a leader and the lock changed hands.
-
-    Expected: an election (~0.4 s with these timers) during which requests are retried; the new leader
-    resets every lease to its full TTL, so no lock ends early: 0 overlaps, 0 writes refused; every worker
-    finishes; nothing left behind.
-    """
-    leader = _await_leader(cluster.members)
-    figures.update(backend="etcd-cluster", faults={"leader_kill9_restart": 0})
-    with _run(_urls(cluster, leader), tmp_path, sections=8) as run:
-        token = 0
-        for _ in range(2):
-            leader = _await_leader(cluster.members)
-            holder = _await_holder(run, token)
-            leader.kill()
-            figures["faults"]["leader_kill9_restart"] += 1
-            survivors = [member for member in cluster.members if member is not leader]
-            _await_leader(survivors)  # elected without the old leader
-            token = int(_await_holder(run, int(holder["token"]))["token"])  # granted under the new leader
-            leader.start()
+            victim.start()
         run.wait(FINISH)
     counts = check(run, figures)
     assert counts["sections"] == 24, counts

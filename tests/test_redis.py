@@ -42,7 +42,7 @@ from distlock_async.testing.servers import (
     running,
 )
 
-from .helpers import OPERATIONS, lock_operation, log_event, running_or_skip
+from .helpers import OPERATIONS, cancel, lock_operation, log_event, running_or_skip
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +62,22 @@ async def admin(own_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
 
 def client_for(port: int, **kwargs: Any) -> redis.asyncio.Redis:
     return redis.asyncio.Redis(host="127.0.0.1", port=port, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def lockers_with_own_clients(
+    port: int, *options: Options, namespace: str = "distlock"
+) -> AsyncIterator[tuple[RedisLocker, ...]]:
+    """A locker in ``namespace`` for each of ``options``, each on a client of its own to the server at
+    ``port`` (connections and wake-ups of its own, as in separate processes); closed, clients and all,
+    at the end."""
+    lockers = tuple(RedisLocker(client_for(port), each, namespace=namespace) for each in options)
+    try:
+        yield lockers
+    finally:
+        for locker in lockers:
+            await locker.aclose()
+            await locker.client.aclose()
 
 
 #: What the scripts run inside Redis; commandstats counts these too, but the locker never sends them itself.
@@ -305,10 +321,7 @@ async def test_cancellations_in_flight_leave_no_orphan_lock(redis_server: RedisS
             await asyncio.sleep(rng.uniform(0, 0.006))
             if holder is not None:
                 await holder.release()
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
+            if await cancel(task):
                 cancelled += 1
             # A cancelled refresh leaves a held lock behind only until its release, which is shielded.
             assert await lock_keys(admin, "cancel") == [], f"orphan lock after iteration {i}"
@@ -428,11 +441,7 @@ async def test_a_long_wait_keeps_the_waiters_place_in_the_queue(redis_server: Re
     """A waiter whose attempts are a minute apart keeps its place by touching it every second, so the
     queue does not drop it after 3 s: a waiter that queued after it does not overtake it. (Were it
     dropped, the later waiter would get the lock and this test would wait for the first in vain.)"""
-    async with (
-        RedisLocker(client_for(redis_server.port)) as holder,
-        RedisLocker(client_for(redis_server.port)) as one,
-        RedisLocker(client_for(redis_server.port)) as two,
-    ):
+    async with lockers_with_own_clients(redis_server.port, Options(), Options(), Options()) as (holder, one, two):
         held = await holder.obtain("long", ttl=30)
         tasks = []
         for locker in (one, two):
@@ -448,8 +457,6 @@ async def test_a_long_wait_keeps_the_waiters_place_in_the_queue(redis_server: Re
         await lock.release()
         with anyio.fail_after(20):
             await (await second).release()
-        for locker in (holder, one, two):
-            await locker.client.aclose()
 
 
 async def test_eight_tasks_on_one_key_take_turns(redis_server: RedisServer) -> None:
@@ -492,20 +499,14 @@ async def test_eight_tasks_on_one_key_take_turns(redis_server: RedisServer) -> N
 
 
 async def test_a_release_wakes_a_waiter_in_another_locker(redis_server: RedisServer) -> None:
-    client_a, client_b = client_for(redis_server.port), client_for(redis_server.port)
-    a = RedisLocker(client_a, namespace="wake")
-    b = RedisLocker(client_b, namespace="wake")
-    lock = await a.obtain("k")
-    with log_event("subscribed to 'wake:{k}'") as subscribed:
-        waiter = asyncio.ensure_future(b.obtain("k", max_retries=1, retry_delay=30))
-        await subscribed.wait()
-    await lock.release()
-    got = await asyncio.wait_for(waiter, 10)  # far below the 30 s retry delay: the release woke it
-    await got.release()
-    for locker in (a, b):
-        await locker.aclose()
-    await client_a.aclose()
-    await client_b.aclose()
+    async with lockers_with_own_clients(redis_server.port, Options(), Options(), namespace="wake") as (a, b):
+        lock = await a.obtain("k")
+        with log_event("subscribed to 'wake:{k}'") as subscribed:
+            waiter = asyncio.ensure_future(b.obtain("k", max_retries=1, retry_delay=30))
+            await subscribed.wait()
+        await lock.release()
+        got = await asyncio.wait_for(waiter, 10)  # far below the 30 s retry delay: the release woke it
+        await got.release()
 
 
 async def test_a_waiter_that_arrives_while_the_wake_up_connection_is_dropped_is_still_woken(
@@ -516,69 +517,62 @@ async def test_a_waiter_that_arrives_while_the_wake_up_connection_is_dropped_is_
     the closing one, or no release ever wakes it (it used to wait for its retry slot: about 1 in 50 waits of
     the four-process semaphore benchmark took the whole retry delay). The drop is held open by the test so
     that the new waiter arrives inside it; its retry slot is a minute away, so only a wake-up serves it."""
-    client_a, client_b = client_for(redis_server.port), client_for(redis_server.port)
-    holder = RedisLocker(client_a, namespace="churn")
-    mine = RedisLocker(client_b, namespace="churn")
-    first, second = await holder.obtain("k1"), await holder.obtain("k2")
-    with log_event("subscribed to 'churn:{k1}'") as subscribed:
-        a = asyncio.ensure_future(mine.obtain("k1", max_retries=1, retry_delay=60))
-        await asyncio.wait_for(subscribed.wait(), 10)
+    async with lockers_with_own_clients(redis_server.port, Options(), Options(), namespace="churn") as (holder, mine):
+        first, second = await holder.obtain("k1"), await holder.obtain("k2")
+        with log_event("subscribed to 'churn:{k1}'") as subscribed:
+            a = asyncio.ensure_future(mine.obtain("k1", max_retries=1, retry_delay=60))
+            await asyncio.wait_for(subscribed.wait(), 10)
 
-    subscriber = mine._driver.subscriber
-    dropping, proceed = asyncio.Event(), asyncio.Event()
-    drop = subscriber._drop_pubsub
+        subscriber = mine._driver.subscriber
+        dropping, proceed = asyncio.Event(), asyncio.Event()
+        drop = subscriber._drop_pubsub
 
-    async def held_drop() -> None:
-        dropping.set()
-        await proceed.wait()
-        await drop()
+        async def held_drop() -> None:
+            dropping.set()
+            await proceed.wait()
+            await drop()
 
-    monkeypatch.setattr(subscriber, "_drop_pubsub", held_drop)
-    await first.release()  # a gets k1; the locker's last waiter is gone, so it drops its connection
-    await asyncio.wait_for(dropping.wait(), 10)  # (a's obtain ends once the drop is over)
-    with log_event("is held by another owner; waiting") as queued:
-        b = asyncio.ensure_future(mine.obtain("k2", max_retries=1, retry_delay=60))
-        await asyncio.wait_for(queued.wait(), 10)
-    for _ in range(20):
-        await asyncio.sleep(0)  # b asks to subscribe now, while the old connection is being dropped
-    with log_event("subscribed to 'churn:{k2}'") as resubscribed:
-        proceed.set()
-        got_a = await asyncio.wait_for(a, 10)
-        await asyncio.wait_for(resubscribed.wait(), 10)
-    await second.release()
-    got_b = await asyncio.wait_for(b, 10)  # far below the 60 s retry slot: the release woke it
-    for lock in (got_a, got_b):
-        await lock.release()
-    for locker in (holder, mine):
-        await locker.aclose()
-    await client_a.aclose()
-    await client_b.aclose()
+        monkeypatch.setattr(subscriber, "_drop_pubsub", held_drop)
+        await first.release()  # a gets k1; the locker's last waiter is gone, so it drops its connection
+        await asyncio.wait_for(dropping.wait(), 10)  # (a's obtain ends once the drop is over)
+        with log_event("is held by another owner; waiting") as queued:
+            b = asyncio.ensure_future(mine.obtain("k2", max_retries=1, retry_delay=60))
+            await asyncio.wait_for(queued.wait(), 10)
+        for _ in range(20):
+            await asyncio.sleep(0)  # b asks to subscribe now, while the old connection is being dropped
+        with log_event("subscribed to 'churn:{k2}'") as resubscribed:
+            proceed.set()
+            got_a = await asyncio.wait_for(a, 10)
+            await asyncio.wait_for(resubscribed.wait(), 10)
+        await second.release()
+        got_b = await asyncio.wait_for(b, 10)  # far below the 60 s retry slot: the release woke it
+        for lock in (got_a, got_b):
+            await lock.release()
 
 
 async def test_a_release_hands_the_lock_to_the_queued_waiter_with_its_holder_label(redis_server: RedisServer) -> None:
     """The hand-off writes the head waiter's owner string (token and label) as the lock's value, and the
     message on the lock's channel names it whole, spaces in the label included."""
-    client_a, client_b = client_for(redis_server.port), client_for(redis_server.port)
-    a = RedisLocker(client_a, Options(holder="a holder"), namespace="handoff")
-    b = RedisLocker(client_b, Options(holder="the waiter, 2 words+"), namespace="handoff")
-    lock = await a.obtain("k")
-    with log_event("is held by another owner; waiting") as queued, log_event("subscribed to 'handoff:{k}'") as ready:
-        waiter = asyncio.ensure_future(b.obtain("k", max_retries=1, retry_delay=30))
-        await asyncio.wait_for(asyncio.gather(queued.wait(), ready.wait()), 10)
-    with log_event("'handoff:{k}' was handed to a waiter of this locker") as woken:
-        await lock.release()
-        # Handed over on the server by the release itself, before the waiter has confirmed it.
-        state = await a.inspect("k")
-        assert (state.held, state.holder) == (True, "the waiter, 2 words+")
-        await asyncio.wait_for(woken.wait(), 10)  # the message named the waiter, label and all
-    got = await asyncio.wait_for(waiter, 10)
-    assert got.holder == "the waiter, 2 words+"
-    assert got.fencing_token == state.fencing_counter  # the token the hand-off issued
-    await got.release()
-    for locker in (a, b):
-        await locker.aclose()
-    await client_a.aclose()
-    await client_b.aclose()
+    async with lockers_with_own_clients(
+        redis_server.port, Options(holder="a holder"), Options(holder="the waiter, 2 words+"), namespace="handoff"
+    ) as (a, b):
+        lock = await a.obtain("k")
+        with (
+            log_event("is held by another owner; waiting") as queued,
+            log_event("subscribed to 'handoff:{k}'") as ready,
+        ):
+            waiter = asyncio.ensure_future(b.obtain("k", max_retries=1, retry_delay=30))
+            await asyncio.wait_for(asyncio.gather(queued.wait(), ready.wait()), 10)
+        with log_event("'handoff:{k}' was handed to a waiter of this locker") as woken:
+            await lock.release()
+            # Handed over on the server by the release itself, before the waiter has confirmed it.
+            state = await a.inspect("k")
+            assert (state.held, state.holder) == (True, "the waiter, 2 words+")
+            await asyncio.wait_for(woken.wait(), 10)  # the message named the waiter, label and all
+        got = await asyncio.wait_for(waiter, 10)
+        assert got.holder == "the waiter, 2 words+"
+        assert got.fencing_token == state.fencing_counter  # the token the hand-off issued
+        await got.release()
 
 
 async def test_a_lock_value_without_a_label_shows_no_holder(redis_server: RedisServer) -> None:

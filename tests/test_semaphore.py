@@ -9,12 +9,11 @@ import random
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from distlock_async import Lock, LockLostError, LockNotHeldError, NotObtainedError, Options
 
-from .helpers import Backend, log_event, run_concurrently, waiting
+from .helpers import Backend, cancel, contend, log_event, waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -184,13 +183,10 @@ async def test_a_cancelled_wait_leaves_nothing_behind(coordination: Backend) -> 
             await asyncio.sleep(rng.uniform(0, 0.004))
         if rng.random() < 0.5:
             await holder.release()
-        task.cancel()
-        try:
-            permit = await task
-        except asyncio.CancelledError:
+        if await cancel(task):
             cancelled += 1
         else:
-            await permit.release()
+            await task.result().release()
         if await holder.ttl() > 0:
             await holder.release()
         # Nothing of the cancelled waiter is left: the permit is free for a newcomer at once.
@@ -200,26 +196,10 @@ async def test_a_cancelled_wait_leaves_nothing_behind(coordination: Backend) -> 
 
 async def test_never_more_than_limit_holders_under_contention(coordination: Backend) -> None:
     lockers = [coordination.locker(Options(max_retries=100_000, retry_delay=0.05)) for _ in range(4)]
-    inside: set[int] = set()
-    most = 0
-    grants: list[int] = []
-
-    async def worker(n: int) -> None:
-        nonlocal most
-        for _ in range(4):
-            permit = await lockers[n % 4].obtain_permit("hot", 3)
-            inside.add(n)
-            most = max(most, len(inside))
-            grants.append(permit.fencing_token)
-            for _ in range(3):
-                await anyio.lowlevel.checkpoint()
-            inside.discard(n)
-            await permit.release()
-
-    await run_concurrently(worker, 12)
-    assert most <= 3
-    assert len(grants) == 48
-    assert len(set(grants)) == len(grants)
+    seen = await contend(lambda n: lockers[n % 4].obtain_permit("hot", 3), tasks=12, rounds=4)
+    assert seen.most_inside <= 3
+    assert len(seen.tokens) == 12 * 4
+    assert len(set(seen.tokens)) == len(seen.tokens)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ from distlock_async._backends.etcd.errors import StreamFailed, map_errors
 from distlock_async.testing.servers import EtcdCluster, EtcdServer, find_binary, free_port, running
 
 from ..etcd_helpers import has_keys, keys, leases, metrics, poll_until, revoke, unary_calls
-from ..helpers import OPERATIONS, WAITING, LogCount, lock_operation, log_count
+from ..helpers import OPERATIONS, WAITING, LogCount, cancel, lock_operation, log_count
 from ..proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -393,10 +393,7 @@ async def test_cancellations_over_a_slow_link_leave_no_key_and_no_lease(
             if holder is not None and rng.random() < 0.5:
                 await holder.release()
                 holder = None
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
+            if await cancel(task):
                 cancelled += 1
             expected = [] if holder is None else [holder.fencing_token]
             assert [kv.create_revision for kv in await queue(admin, "c")] == expected, f"iteration {i}"
@@ -699,12 +696,33 @@ async def _make_leader(cluster: EtcdCluster, target: EtcdServer) -> None:
         await client.close()
 
 
-async def _served_after(task: Awaitable[Lock], lock: Lock) -> None:
-    """The waiting ``task`` gets the lock that ``lock`` held, with a higher fencing token, and releases it."""
-    with anyio.fail_after(LIMIT):
-        taken = await task
-    assert taken.fencing_token > lock.fencing_token
-    await taken.release()
+async def _held_through(
+    fault: Callable[[Lock], Awaitable[None]],
+    holder: EtcdLocker,
+    waiter: EtcdLocker,
+    waiting: LogCount,
+    key: str,
+    **budget: Any,
+) -> None:
+    """``holder`` holds ``key`` through ``lock()``, refreshing it, while ``waiter`` waits for it with
+    ``budget`` (``waiting`` counts the waits logged) and ``fault`` strikes: afterwards the holder still
+    holds the lock and the waiter still waits; once released, the lock goes to the waiter with a higher
+    fencing token. Both lockers are closed at the end."""
+    try:
+        async with holder.lock(key) as lock:
+            task = asyncio.ensure_future(waiter.obtain(key, **budget))
+            await waiting.until(1)
+            await fault(lock)
+            assert not task.done() or task.exception() is None, repr(task.exception())
+            assert not task.done(), "the waiter obtained a lock that is held"
+            assert await lock.ttl() > 0
+        with anyio.fail_after(LIMIT):
+            taken = await task
+        assert taken.fencing_token > lock.fencing_token
+        await taken.release()
+    finally:
+        await holder.aclose()
+        await waiter.aclose()
 
 
 async def test_a_waiter_rides_out_the_death_of_the_leader(etcd_cluster: EtcdCluster, counter: Any) -> None:
@@ -716,20 +734,15 @@ async def test_a_waiter_rides_out_the_death_of_the_leader(etcd_cluster: EtcdClus
     m1, m2, m3 = await _by_role(etcd_cluster)  # the leader first
     holder = await EtcdLocker.connect([m1.endpoint, m2.endpoint, m3.endpoint], Options(ttl=5))
     waiter = await EtcdLocker.connect([m3.endpoint, m2.endpoint, m1.endpoint], Options(ttl=5))
+
+    async def the_leader_dies(_: Lock) -> None:
+        await asyncio.sleep(0.5)  # B in its steady state: a txn every retry_delay, a watch, keep-alives
+        m1.kill()
+        await asyncio.sleep(8)  # an election, and more than a call's 5 s deadline
+
     try:
-        async with holder.lock("election") as lock:
-            task = asyncio.ensure_future(waiter.obtain("election", max_retries=2000, retry_delay=0.05))
-            await waiting.until(1)
-            await asyncio.sleep(0.5)  # B in its steady state: a txn every retry_delay, a watch, keep-alives
-            m1.kill()
-            await asyncio.sleep(8)  # an election, and more than a call's 5 s deadline
-            assert not task.done() or task.exception() is None, repr(task.exception())
-            assert not task.done(), "the waiter obtained a lock that is held"
-            assert await lock.ttl() > 0
-        await _served_after(task, lock)
+        await _held_through(the_leader_dies, holder, waiter, waiting, "election", max_retries=2000, retry_delay=0.05)
     finally:
-        await holder.aclose()
-        await waiter.aclose()
         if m1.proc is None:
             m1.start()
 
@@ -748,20 +761,17 @@ async def test_a_cluster_keeps_locks_and_waiters_when_a_member_dies(
     options = EtcdOptions(session_timeout=3)
     holder = await EtcdLocker.connect(etcd_cluster.endpoints, Options(ttl=2), options)
     waiter = await EtcdLocker.connect(etcd_cluster.endpoints, Options(ttl=2), options)
+
+    async def the_member_dies(lock: Lock) -> None:
+        dead.kill()
+        start = time.monotonic()
+        await lock.refresh()
+        logging.getLogger(__name__).info("refresh after the %s died took %.3f s", victim, time.monotonic() - start)
+        await asyncio.sleep(3)  # beyond the 2 s lease: only refreshes through another member keep it
+
     try:
-        async with holder.lock(victim) as lock:
-            task = asyncio.ensure_future(waiter.obtain(victim, max_retries=1, retry_delay=60))
-            await waiting.until(1)
-            dead.kill()
-            start = time.monotonic()
-            await lock.refresh()
-            logging.getLogger(__name__).info("refresh after the %s died took %.3f s", victim, time.monotonic() - start)
-            await asyncio.sleep(3)  # beyond the 2 s lease: only refreshes through another member keep it
-            assert await lock.ttl() > 0
-        await _served_after(task, lock)
+        await _held_through(the_member_dies, holder, waiter, waiting, victim, max_retries=1, retry_delay=60)
     finally:
-        await holder.aclose()
-        await waiter.aclose()
         if dead.proc is None:
             dead.start()
     assert await leases(admin) == before

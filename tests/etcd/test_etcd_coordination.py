@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aetcd
@@ -19,7 +20,7 @@ import anyio
 import pytest
 from aetcd import rpc
 
-from distlock_async import EtcdLocker, Leader, Lock, NotObtainedError, Observation, Options, Term
+from distlock_async import Election, EtcdLocker, Leader, Lock, NotObtainedError, Observation, Options, Term
 from distlock_async._backends.etcd.streams import Watch
 from distlock_async.testing.servers import EtcdServer, find_binary
 
@@ -36,6 +37,14 @@ ELECTIONS = "distlock.election/"
 async def next_leader(observation: Observation, within: float = LIMIT) -> Leader | None:
     with anyio.fail_after(within):
         return await observation.__anext__()
+
+
+@asynccontextmanager
+async def observe_unled(election: Election) -> AsyncIterator[Observation]:
+    """An observation of ``election`` that has reported its first state: nobody leads."""
+    async with election.observe() as leaders:
+        assert await next_leader(leaders) is None
+        yield leaders
 
 
 async def test_inspect_semaphore_counts_each_key_by_the_limit_it_records(make: Any, admin: aetcd.Client) -> None:
@@ -180,8 +189,7 @@ async def test_an_etcdctl_leader_is_observed_and_our_candidate_queues_behind_it_
     make: Any, admin: aetcd.Client, etcdctl: Etcdctl
 ) -> None:
     election = make().election("go-first")
-    async with election.observe() as leaders:
-        assert await next_leader(leaders) is None
+    async with observe_unled(election) as leaders:
         go = await etcdctl.elect(f"{ELECTIONS}go-first", "go-1")
         go_key = await read_line(go)  # printed once elected
         assert await read_line(go) == b"go-1"
@@ -221,8 +229,7 @@ async def test_an_etcdctl_candidate_queues_behind_our_leader_and_leads_when_we_r
     make: Any, admin: aetcd.Client, etcdctl: Etcdctl
 ) -> None:
     election = make().election("py-first")
-    async with election.observe() as leaders:
-        assert await next_leader(leaders) is None
+    async with observe_unled(election) as leaders:
         async with election.campaign("py") as term:
             assert await next_leader(leaders) == Leader("py", term.fencing_token)
             go = await etcdctl.elect(f"{ELECTIONS}py-first", "go-2")
@@ -321,13 +328,11 @@ async def test_observe_goes_on_after_its_watch_start_revision_was_compacted(make
 
     watches.watch = watch_after_a_compaction  # type: ignore[method-assign]
     election = locker.election("compacted")
-    async with election.observe() as leaders:
-        assert await next_leader(leaders) is None
-        # The bound is well below the observation's fallback re-read (30 s): only a new watch sees this.
-        async with make().election("compacted").campaign("after") as term:
-            assert await next_leader(leaders, within=10.0) == Leader("after", term.fencing_token)
-            await term.proclaim("after 2")
-            assert await next_leader(leaders, within=10.0) == Leader("after 2", term.fencing_token)
+    # The bound is well below the observation's fallback re-read (30 s): only a new watch sees this.
+    async with observe_unled(election) as leaders, make().election("compacted").campaign("after") as term:
+        assert await next_leader(leaders, within=10.0) == Leader("after", term.fencing_token)
+        await term.proclaim("after 2")
+        assert await next_leader(leaders, within=10.0) == Leader("after 2", term.fencing_token)
     [(first_watch, _)] = compacted
     assert first_watch.over, "the first watch was not ended by the compaction: the test tested nothing"
 
@@ -410,8 +415,7 @@ async def _watching(server: EtcdServer, n: int) -> bool:
 
 async def test_a_closed_observation_cancels_its_watch_on_the_server(make: Any, etcd_server: EtcdServer) -> None:
     locker = make()
-    async with locker.election("seen").observe() as leaders:
-        assert await next_leader(leaders) is None
+    async with observe_unled(locker.election("seen")):
         await poll_until(lambda: _watching(etcd_server, 1))
     await poll_until(lambda: _watching(etcd_server, 0))
     assert not locker._driver.watches._watches

@@ -27,7 +27,7 @@ import grpc
 import pytest
 import trustme
 
-from distlock_async import BackendError, EtcdLocker, EtcdOptions, Lock, Locker, NotObtainedError, Options, from_url
+from distlock_async import BackendError, EtcdLocker, EtcdOptions, Lock, Locker, NotObtainedError, from_url
 from distlock_async._backends._compat_aetcd import Client
 from distlock_async.testing.servers import EtcdServer, etcd_metrics, running
 
@@ -137,20 +137,13 @@ class Audits:
     def __init__(self) -> None:
         self._audits: dict[int, EtcdAudit] = {}
 
-    async def locker(
-        self,
-        server: EtcdServer,
-        url: str,
-        options: Options | None = None,
-        etcd_options: EtcdOptions | None = None,
-        *,
-        namespace: str = "distlock/",
-    ) -> TracingEtcdLocker:
+    async def locker(self, server: EtcdServer, url: str, *, namespace: str = "distlock/") -> TracingEtcdLocker:
+        """A locker of ``url`` (``server``'s, perhaps with credentials), tracked by that member's audit."""
         audit = self._audits.get(server.port)
         if audit is None:
             audit = self._audits[server.port] = EtcdAudit(_admin(server), server.metrics_port)
             await audit.start()
-        locker = TracingEtcdLocker.from_url(url, options, etcd_options, namespace=namespace)
+        locker = TracingEtcdLocker.from_url(url, namespace=namespace)
         audit.track(locker)
         return locker
 
