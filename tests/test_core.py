@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio
 import pytest
 
-from distlock_async import NotObtainedError, Options
+from distlock_async import LockLostError, NotObtainedError, Options
 from distlock_async._core._driver import Busy, Granted
 from distlock_async._core._locker import LockerBase
 
@@ -101,3 +102,43 @@ async def test_retry_delay_0_retries_back_to_back_within_the_budget() -> None:
     with pytest.raises(NotObtainedError):
         await locker.obtain("k")
     assert contender.attempts == 6
+
+
+class _EarlyEndingGrant(ScriptedContender):
+    """Grants at once, saying the lock ends ``ends_in`` seconds from now whatever its TTL (an etcd lease
+    kept alive before the attempt and not renewed by it)."""
+
+    def __init__(self, ends_in: float) -> None:
+        super().__init__(grant_on=1, woken=False)
+        self.ends_in = ends_in
+
+    async def attempt(self) -> Granted[None] | Busy:
+        await asyncio.sleep(0)
+        self.attempts += 1
+        return Granted(self.attempts, None, valid_until=asyncio.get_running_loop().time() + self.ends_in)
+
+
+class _FrozenRefreshDriver(ScriptedDriver):
+    """Its refreshes never get an answer (a frozen server)."""
+
+    async def extend(self, key: str, token: str, handle: None, ttl: float) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+
+async def test_a_lock_is_lost_when_its_grant_says_it_ends_even_if_its_ttl_is_longer() -> None:
+    """A grant that says the server lets the lock go in 0.2 s is refreshed before then, and a refresh that
+    gets no answer by then ends the ``lock()`` body: not the TTL's 60 s (whose first refresh would come
+    only after 20 s, and whose loss after 60 s)."""
+    locker: LockerBase[None, ScriptedDriver] = LockerBase(_FrozenRefreshDriver(_EarlyEndingGrant(0.2)), None)
+    body_cancelled = False
+    with pytest.raises(LockLostError):
+        with anyio.fail_after(10):
+            async with locker.lock("k", ttl=60):
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    body_cancelled = True
+                    raise
+    assert body_cancelled
+    await locker.aclose()

@@ -31,10 +31,16 @@ H = TypeVar("H")
 
 @dataclass(frozen=True)
 class Granted(Generic[H]):
-    """The lock is ours. ``handle`` is whatever the driver needs later (an etcd lease, say)."""
+    """The lock is ours. ``handle`` is whatever the driver needs later (an etcd lease, say).
+
+    ``valid_until``: the event loop time before which the server cannot have let the lock expire, when the
+    driver knows it to be earlier than the core's own bound (the attempt's send time plus ``lifetime``):
+    an etcd lease kept alive before the attempt and not renewed by it, say. The core takes the earlier.
+    """
 
     fencing_token: int
     handle: H
+    valid_until: float | None = None
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ class HeldLock(Generic[H]):
         "_interval",
         "_key",
         "_kind",
+        "_lifetime",
         "_obtained_at",
         "_refresher",
         "_released",
@@ -102,6 +103,7 @@ class HeldLock(Generic[H]):
         kind: str,
         driver: Driver[H],
         valid_until: float,
+        lifetime: float,
     ) -> None:
         self._binding = binding
         #: What ``release``/``refresh``/``ttl`` talk to: the locker's driver, or its view for permits or
@@ -117,9 +119,11 @@ class HeldLock(Generic[H]):
         self._released = False
         self._refresher: RefreshTask[H] | None = None
         self._kind = kind
+        #: Seconds the server keeps the lock after each refresh: the driver's lifetime of its TTL.
+        self._lifetime = lifetime
         #: Loop time before which the server cannot have let the lock expire: when the attempt or refresh
-        #: that last set its TTL was sent, plus the lifetime the driver gives that TTL. A refresher that
-        #: cannot refresh before then reports the lock lost then, not later.
+        #: that last set its TTL was sent, plus its lifetime (or earlier, if the grant said so). A
+        #: refresher that cannot refresh before then reports the lock lost then, not later.
         self._valid_until = valid_until
         self._obtained_at = asyncio.get_running_loop().time()
         #: Whether the hold was recorded as over (released or lost): it is recorded once.
@@ -188,7 +192,7 @@ class HeldLock(Generic[H]):
         if not await self._driver.extend(self._key, self._token, self._handle, self._ttl):
             self._end(lost=True)
             raise LockNotHeldError(self._key)
-        self._valid_until = max(self._valid_until, sent + self._driver.lifetime(self._ttl))
+        self._valid_until = max(self._valid_until, sent + self._lifetime)
 
     async def ttl(self) -> float:
         self._binding.check_usable()
@@ -263,7 +267,9 @@ class RefreshTask(Generic[H]):
         lock = self._lock
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(lock._interval)
+            # Every interval; sooner if the lock would otherwise run out first (a grant that said it ends
+            # early): then at half the time it has left.
+            await asyncio.sleep(min(lock._interval, max(0.0, lock._valid_until - loop.time()) / 2))
             try:
                 # A refresh that has not succeeded by the time the lock may have expired cannot vouch for
                 # it any more: the lock counts as lost then (a lock() body is cancelled), not when the

@@ -260,7 +260,10 @@ class LockerBase(Generic[H, D]):
             settings.interval,
             space.kind,
             driver,
-            sent + settings.lifetime,
+            sent + settings.lifetime
+            if granted.valid_until is None
+            else min(sent + settings.lifetime, granted.valid_until),
+            settings.lifetime,
         )
 
     async def _contend(

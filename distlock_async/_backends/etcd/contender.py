@@ -169,12 +169,14 @@ class EtcdContender:
         """Whether our lease is alive now, after a txn that attached our key to it.
 
         It is while the last grant or keep-alive's answer says so (counted from when that was sent, so
-        etcd's count cannot have run out before ours). Past that -- a reused lease whose keep-alive
-        answered "gone", or a txn answered only after a stall longer than the lease -- a keep-alive
-        decides: a lease that expired took our key along, whatever the txn said.
+        etcd's count cannot have run out before ours), with half its TTL left at least: a lock granted
+        now is held until the lease's own end at the latest, so it starts with most of it. Otherwise --
+        a waiter's keep-alive falling due, a reused lease whose keep-alive answered "gone", a txn
+        answered only after a stall longer than the lease -- a keep-alive decides, and renews it: a lease
+        that expired took our key along, whatever the txn said.
         """
         await self._renewed()
-        if asyncio.get_running_loop().time() < self._expires_at:
+        if asyncio.get_running_loop().time() < self._expires_at - self._lease_ttl / 2:
             return True
         return await self._renew(self._lease_id)
 
@@ -238,7 +240,9 @@ class EtcdContender:
         ):
             first = await self._driver.members(self._prefix, limit=self._limit)
         if any(kv.create_revision == revision for kv in first):
-            return Granted(revision, Held(self._lease_id, self._own, revision, self._expires_at, self._lease_ttl))
+            # The lease may have been kept alive before this attempt (a waiter's): it ends by its own count.
+            held = Held(self._lease_id, self._own, revision, self._expires_at, self._lease_ttl)
+            return Granted(revision, held, valid_until=self._expires_at)
         return Busy()
 
     async def _txn(self) -> Any:
