@@ -20,6 +20,7 @@ is repeated in a shielded task), so both must be idempotent.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -33,14 +34,15 @@ H = TypeVar("H")
 class Granted(Generic[H]):
     """The lock is ours. ``handle`` is whatever the driver needs later (an etcd lease, say).
 
-    ``valid_until``: the event loop time before which the server cannot have let the lock expire, when the
-    driver knows it to be earlier than the core's own bound (the attempt's send time plus ``lifetime``):
-    an etcd lease kept alive before the attempt and not renewed by it, say. The core takes the earlier.
+    ``valid_until``: the event loop time before which the server cannot have let the lock expire, for a
+    driver that knows it may be earlier than the core's own bound (the attempt's send time plus
+    ``lifetime``): an etcd lease kept alive before the attempt and not renewed by it, say. The core takes
+    the earlier of the two; a driver that knows nothing better leaves it unbounded.
     """
 
     fencing_token: int
     handle: H
-    valid_until: float | None = None
+    valid_until: float = math.inf
 
 
 @dataclass(frozen=True)

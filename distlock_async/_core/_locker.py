@@ -260,9 +260,7 @@ class LockerBase(Generic[H, D]):
             settings.interval,
             space.kind,
             driver,
-            sent + settings.lifetime
-            if granted.valid_until is None
-            else min(sent + settings.lifetime, granted.valid_until),
+            min(sent + settings.lifetime, granted.valid_until),
             settings.lifetime,
         )
 
