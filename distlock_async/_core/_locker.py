@@ -163,11 +163,14 @@ class LockerBase(Generic[H, D]):
         check_key(name, "name")
         return ElectionHandle(self, self._elections(), name)
 
-    def _permits(self, limit: int) -> Space[H, HeldLock[H]]:
+    def _semaphores(self) -> Semaphores[H]:
         driver: Driver[H] = self._driver
         if not isinstance(driver, Semaphores):
             raise NotImplementedError(f"{type(self).__name__} has no semaphores")
-        return Space(driver.permits(limit), _metrics.PERMIT, HeldLock)
+        return driver
+
+    def _permits(self, limit: int) -> Space[H, HeldLock[H]]:
+        return Space(self._semaphores().permits(limit), _metrics.PERMIT, HeldLock)
 
     def _elections(self) -> Elections[H]:
         driver: Driver[H] = self._driver
@@ -186,10 +189,7 @@ class LockerBase(Generic[H, D]):
     async def inspect_semaphore(self, name: str) -> SemaphoreState:
         check_key(name, "name")
         self._check_usable()
-        driver: Driver[H] = self._driver
-        if not isinstance(driver, Semaphores):
-            raise NotImplementedError(f"{type(self).__name__} has no semaphores")
-        return await driver.inspect_permits(name)
+        return await self._semaphores().inspect_permits(name)
 
     async def aclose(self) -> None:
         if self._binding.closed:
